@@ -1,0 +1,195 @@
+"""The ``dydiff-earth`` command line: parses options, calls one library function per command, prints.
+
+Heavy modules (torch, cartopy) are imported inside the commands so that ``--help`` stays fast.
+Exit status: 0 success, 1 unexpected failure, 2 bad input or options, 3 stale input (``run``).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from dydiff_earth.errors import InputError, StaleInputError
+
+app = typer.Typer(
+    name="dydiff-earth",
+    help="Probabilistic forecasts of gridded fields (radar, ERA5, turbulence) with Dynamical Diffusion.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(func: F) -> F:
+    """Turn an ``InputError`` into one line on stderr and exit status 2 (3 for stale input)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except StaleInputError as exc:
+            console.print(f"[bold red]stale input:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(3) from None
+        except InputError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _split(text: str | None) -> list[str] | None:
+    return [s.strip() for s in text.split(",") if s.strip()] if text else None
+
+
+def _floats(text: str | None, option: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(s) for s in _split(text) or [])
+    except ValueError:
+        raise InputError(f"{option} takes comma-separated numbers, e.g. 1,4; got {text!r}") from None
+
+
+@app.command()
+@user_errors
+def synth(
+    kind: Annotated[str, typer.Argument(help="turbulence (2-D Navier-Stokes u, v) or precip (rain cells)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="zarr store to write")],
+    sequences: Annotated[int, typer.Option(help="independent sequences, separated by time gaps")] = 4,
+    frames: Annotated[int, typer.Option(help="frames per sequence")] = 40,
+    size: Annotated[int, typer.Option(help="grid points per side")] = 64,
+    seed: Annotated[int, typer.Option(help="random seed (same seed, same fields)")] = 0,
+) -> None:
+    """Write deterministic synthetic fields as a CF zarr store."""
+    from dydiff_earth import synthetic
+
+    if kind not in ("turbulence", "precip"):
+        raise InputError(f"unknown kind {kind!r}; choose turbulence or precip")
+    for name, value in (("--sequences", sequences), ("--frames", frames), ("--size", size)):
+        if value < 1:
+            raise InputError(f"{name} must be at least 1, got {value}")
+    path = synthetic.write(kind, output, sequences=sequences, frames=frames, size=size, seed=seed)  # type: ignore[arg-type]
+    console.print(f"wrote {kind} fields to {path}")
+
+
+@app.command()
+@user_errors
+def prepare(
+    sources: Annotated[list[str], typer.Argument(help="NetCDF files, globs or zarr stores")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="analysis-ready zarr store to write")],
+    variables: Annotated[str | None, typer.Option(help="comma-separated variables (default: all)")] = None,
+    coarsen: Annotated[int, typer.Option(help="block-average N x N cells (NaN if any cell is NaN)")] = 1,
+    time: Annotated[str | None, typer.Option(help="time range START:END (either side may be empty)")] = None,
+) -> None:
+    """Turn NetCDF/zarr sources into an analysis-ready zarr (format 3) store."""
+    from dydiff_earth import data
+
+    if coarsen < 1:
+        raise InputError(f"--coarsen must be at least 1, got {coarsen}")
+    src = sources[0] if len(sources) == 1 else sources
+    path = data.prepare(src, output, variables=_split(variables), coarsen=coarsen, time=time)
+    console.print(f"wrote {path}")
+
+
+@app.command()
+@user_errors
+def train(
+    data_path: Annotated[str, typer.Option("--data", help="zarr store or NetCDF file(s) to train on")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="checkpoint to write")] = Path(
+        "model.safetensors"
+    ),
+    variables: Annotated[str | None, typer.Option(help="comma-separated variables (default: all)")] = None,
+    preset: Annotated[str, typer.Option(help="model size: tiny, small or paper")] = "small",
+    context: Annotated[int, typer.Option(help="context frames P")] = 4,
+    horizon: Annotated[int, typer.Option(help="target frames L")] = 6,
+    patch: Annotated[int, typer.Option(help="square crop size in grid points")] = 32,
+    batch_size: Annotated[int, typer.Option(help="windows per step")] = 8,
+    steps: Annotated[int, typer.Option(help="optimiser steps")] = 1000,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate")] = 2e-4,
+    gamma_ratio: Annotated[float, typer.Option(help="DyDiff gamma ratio r; 0 is plain diffusion")] = 0.5,
+    loss: Annotated[str, typer.Option(help="unmixed (default) or mixed (the reference's)")] = "unmixed",
+    target_weight: Annotated[float, typer.Option(help="loss weight of target vs context frames")] = 1.0,
+    ema: Annotated[float, typer.Option(help="EMA decay of weights (0 disables)")] = 0.999,
+    rain_weighted: Annotated[bool, typer.Option(help="favour crops with precipitation")] = False,
+    time: Annotated[str | None, typer.Option(help="training time range START:END")] = None,
+    validation_fraction: Annotated[float, typer.Option(help="tail of the record held out")] = 0.1,
+    checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints")] = 200,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    resume: Annotated[bool, typer.Option(help="continue the run that wrote --output")] = False,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+) -> None:
+    """Train a Dynamical Diffusion model and write a checkpoint (torchrun for several GPUs)."""
+    from dydiff_earth import config, data
+    from dydiff_earth import train as training
+
+    if loss not in ("unmixed", "mixed"):
+        raise InputError(f"--loss must be unmixed or mixed, got {loss!r}")
+    if not 0.0 <= gamma_ratio <= 1.0:
+        raise InputError(f"--gamma-ratio must lie in [0, 1], got {gamma_ratio}")
+    model_cfg = config.preset(preset)
+    diff_cfg = config.DiffusionConfig(gamma_ratio=gamma_ratio, loss=loss, target_weight=target_weight)  # type: ignore[arg-type]
+    cfg = config.TrainConfig(
+        context=context,
+        horizon=horizon,
+        patch=patch,
+        batch_size=batch_size,
+        steps=steps,
+        lr=lr,
+        ema_decay=ema,
+        seed=seed,
+        rain_weighted=rain_weighted,
+        checkpoint_every=checkpoint_every,
+        validation_fraction=validation_fraction,
+        num_workers=workers,
+    )
+    fields = data.open_fields(data_path, _split(variables), time=time)
+    with _progress(quiet, "training") as bar:
+        task = bar.add_task("training", total=steps) if bar else None
+
+        def report(step: int, total: int, value: float, rate: float) -> None:
+            if bar is not None and task is not None:
+                bar.update(task, completed=step, description=f"loss {value:.4f} | {rate:.1f} samples/s")
+
+        result = training.fit(
+            fields, model_cfg, diff_cfg, cfg, output, resume=resume, device=device, progress=report
+        )
+    val = f", validation loss {result.validation_loss:.4f}" if result.validation_loss is not None else ""
+    console.print(
+        f"wrote {result.checkpoint} after {result.steps} steps: train loss {result.train_loss:.4f}{val}, "
+        f"{result.samples_per_second:.1f} samples/s"
+    )
+
+
+def _progress(quiet: bool, what: str) -> Any:
+    """A rich progress bar on stderr, or a no-op context when quiet or not a terminal-friendly run."""
+    import contextlib
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    if quiet:
+        return contextlib.nullcontext(None)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Frozen configuration dataclasses, named presets and YAML loading (no logic beyond parsing)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from dydiff_earth.errors import InputError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The video UNet's shape. ``in_channels``/``out_channels`` are per frame and set from the data."""
+
+    channels: tuple[int, ...] = (32, 64, 128)
+    blocks_per_level: int = 1
+    #: levels (0 = finest) that get temporal self-attention; temporal convolution is used at every level
+    temporal_attention_levels: tuple[int, ...] = (1, 2)
+    #: spatial self-attention at the coarsest level
+    spatial_attention: bool = True
+    heads: int = 4
+    groups: int = 8
+    time_embed_dim: int = 128
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """Dynamical Diffusion settings; ``gamma_ratio = 0`` is plain conditional diffusion."""
+
+    timesteps: int = 1000
+    #: cosine schedule offset s (Nichol and Dhariwal 2021)
+    cosine_s: float = 0.008
+    gamma_ratio: float = 0.5
+    #: "unmixed": || D^-1(eps_theta) - eps ||^2 (default); "mixed": || eps_theta - D(eps) ||^2 (reference)
+    loss: Literal["unmixed", "mixed"] = "unmixed"
+    #: weight of target frames relative to context frames in the loss
+    target_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run."""
+
+    context: int = 4
+    horizon: int = 6
+    patch: int = 32
+    batch_size: int = 8
+    steps: int = 1000
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    seed: int = 0
+    rain_weighted: bool = False
+    checkpoint_every: int = 200
+    validate_every: int = 200
+    #: fraction of each time segment's tail held out for validation loss
+    validation_fraction: float = 0.1
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class ForecastConfig:
+    """Options that change a forecast's numbers; all recorded in its provenance."""
+
+    members: int = 8
+    sampling_steps: int = 50
+    seed: int = 0
+    anchor_context: bool = True
+    batch_size: int = 8
+    #: tile overlap as a fraction of the tile size, for domains larger than the training patch
+    tile_overlap: float = 0.25
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(
+        channels=(16, 32),
+        blocks_per_level=1,
+        temporal_attention_levels=(1,),
+        heads=2,
+        groups=4,
+        time_embed_dim=64,
+    ),
+    "small": ModelConfig(channels=(32, 64, 128), blocks_per_level=1, temporal_attention_levels=(1, 2)),
+    "paper": ModelConfig(
+        channels=(64, 128, 256, 256),
+        blocks_per_level=2,
+        temporal_attention_levels=(1, 2, 3),
+        heads=8,
+        groups=32,
+        time_embed_dim=256,
+    ),
+}
+
+
+def preset(name: str) -> ModelConfig:
+    """The named model preset (``tiny``, ``small``, ``paper``)."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise InputError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], values: dict[str, Any], where: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types are an ``InputError``."""
+    known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise InputError(f"{where}unknown key {unknown[0]!r}; known keys: {', '.join(known)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        default = getattr(cls(), key) if _has_defaults(cls) else None
+        kwargs[key] = _coerce(value, default, f"{where}{key}")
+    return cls(**kwargs)
+
+
+def _has_defaults(cls: type) -> bool:
+    return all(
+        f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        for f in dataclasses.fields(cls)
+    )
+
+
+def _coerce(value: Any, default: Any, key: str) -> Any:
+    """Check ``value`` against the type of ``default``; lists become tuples (configs are frozen)."""
+    if default is None:
+        return tuple(value) if isinstance(value, list) else value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise InputError(f"key {key!r} must be true or false, not {value!r}")
+        return value
+    if isinstance(default, int) and not isinstance(value, bool) and isinstance(value, int):
+        return value
+    if isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(default, str) and isinstance(value, str):
+        return value
+    if isinstance(default, tuple) and isinstance(value, (list, tuple)):
+        return tuple(value)
+    raise InputError(f"key {key!r} must be a {type(default).__name__}, not {value!r}")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with a one-line error for a missing or malformed file."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such file")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" (line {mark.line + 1})" if mark is not None else ""
+        raise InputError(f"{p}: not valid YAML{line}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{p}: expected a mapping of keys to values at the top level")
+    return data
+
+
+__all__ = [
+    "PRESETS",
+    "DiffusionConfig",
+    "ForecastConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "from_dict",
+    "load_yaml",
+    "preset",
+]

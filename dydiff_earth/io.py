@@ -1,0 +1,149 @@
+"""Writing and reading what users keep: forecasts (NetCDF/zarr), checkpoints; atomic publish."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import xarray as xr
+
+from dydiff_earth.errors import InputError
+
+
+def _fsync_tree(path: Path) -> None:
+    """Flush a file, or every file of a directory tree, to disk before it is renamed into place."""
+    paths = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextlib.contextmanager
+def publish(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to write into; rename it onto ``path`` only on success.
+
+    Readers never see a partial file or store: the temporary name starts with ``.`` and ends in
+    ``.tmp``, it is fsynced, then renamed (atomic on POSIX for a file; for a directory store the old
+    one is moved aside first and removed after). On an exception the temporary is removed.
+    """
+    final = Path(path)
+    if final.exists() and not overwrite:
+        raise InputError(f"{final} exists; choose another output or remove it")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        if final.is_dir() and not final.is_symlink():
+            old = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.old")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        dir_fd = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        if tmp.exists():
+            _remove(tmp)
+
+
+def write_zarr(ds: xr.Dataset, path: str | Path, *, encoding: dict | None = None) -> Path:
+    """Write ``ds`` as a zarr format 3 store, published atomically.
+
+    Metadata is not consolidated: zarr 3 warns that consolidated metadata is not part of the v3
+    spec, and a local store is cheap to list.
+    """
+    final = Path(path)
+    with publish(final) as tmp:
+        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, encoding=encoding or {})
+    return final
+
+
+# --- checkpoints: safetensors weights + JSON metadata; loading never unpickles -----------------------------
+
+CHECKPOINT_FORMAT = "dydiff-earth-checkpoint/1"
+_META_KEY = "dydiff_earth"
+
+
+def save_checkpoint(path: str | Path, tensors: dict, meta: dict) -> Path:
+    """Write ``tensors`` (name -> torch.Tensor) and JSON-able ``meta`` as one safetensors file, atomically."""
+    import json
+
+    from safetensors.torch import save_file
+
+    final = Path(path)
+    payload = {"format": CHECKPOINT_FORMAT, **meta}
+    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with publish(final) as tmp:
+        save_file(contiguous, str(tmp), metadata={_META_KEY: json.dumps(payload)})
+    return final
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict, dict]:
+    """Read a checkpoint written by :func:`save_checkpoint`: ``(tensors, meta)``.
+
+    A directory holding ``model.safetensors`` (+ optional ``config.json``) is accepted too. Anything
+    that is not a safetensors file of this format (a pickle, a truncated file) is an ``InputError``.
+    """
+    import json
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    extra: dict = {}
+    if p.is_dir():
+        if (p / "config.json").is_file():
+            extra = json.loads((p / "config.json").read_text())
+        p = p / "model.safetensors"
+    if not p.is_file():
+        raise InputError(f"checkpoint {path} not found")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="pt") as f:
+            header = f.metadata() or {}
+        tensors = load_file(str(p))
+    except (SafetensorError, OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(
+            f"{path} is not a dydiff-earth checkpoint (safetensors; pickles are never loaded): {reason}"
+        ) from None
+    if _META_KEY not in header and not extra:
+        raise InputError(f"{path} is a safetensors file without dydiff-earth metadata")
+    meta = {**extra, **(json.loads(header[_META_KEY]) if _META_KEY in header else {})}
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path}: unsupported checkpoint format {meta.get('format')!r}")
+    return tensors, meta
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file (or of a directory's ``model.safetensors``), for provenance."""
+    import hashlib
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "model.safetensors"
+    digest = hashlib.sha256()
+    with p.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

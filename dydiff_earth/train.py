@@ -1,0 +1,304 @@
+"""The training loop: DyDiff loss on the conditioned video UNet, EMA, validation, checkpoints, resume, DDP."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from dydiff_earth import __version__, io
+from dydiff_earth.config import DiffusionConfig, ModelConfig, TrainConfig
+from dydiff_earth.data import Fields, window_starts
+from dydiff_earth.diffusion import diffusion_loss, make_schedule
+from dydiff_earth.errors import InputError
+from dydiff_earth.model import ConditionedDenoiser
+from dydiff_earth.patches import WindowStream
+
+#: Called after every step with (step, total_steps, train_loss, samples_per_second).
+Progress = Callable[[int, int, float, float], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a run reports: where the checkpoint is and the losses it ended with."""
+
+    checkpoint: Path
+    steps: int
+    train_loss: float
+    validation_loss: float | None
+    samples_per_second: float
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``None``/``"auto"`` picks CUDA when present; an unavailable device is an ``InputError``."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} asked for but CUDA is not available here; use --device cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise InputError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
+    return torch.device(device)
+
+
+def split_starts(fields: Fields, length: int, fraction: float) -> tuple[list[int], list[int]]:
+    """Window starts for training and validation, split in time so that no frame is in both.
+
+    Validation takes the windows lying wholly in the last ``fraction`` of the record; training those
+    lying wholly before it. With too short a record, everything trains and validation is skipped.
+    """
+    starts = window_starts(fields, length)
+    n_time = fields.dataset.sizes[fields.time_dim]
+    cut = round(n_time * (1.0 - fraction))
+    train = [s for s in starts if s + length <= cut]
+    val = [s for s in starts if s >= cut]
+    if not train or not val or fraction <= 0:
+        return starts, []
+    return train, val
+
+
+def checkpoint_meta(
+    fields: Fields, model_cfg: ModelConfig, diff_cfg: DiffusionConfig, cfg: TrainConfig, **extra: object
+) -> dict:
+    """Everything a forecast needs to use a checkpoint, as JSON-able metadata."""
+    ds = fields.dataset
+    times = fields.times
+    return {
+        "package_version": __version__,
+        "model": dataclasses.asdict(model_cfg),
+        "diffusion": dataclasses.asdict(diff_cfg),
+        "train": dataclasses.asdict(cfg),
+        "variables": [v.to_dict() for v in fields.variables],
+        "context": cfg.context,
+        "horizon": cfg.horizon,
+        "patch": cfg.patch,
+        "time_step_seconds": float(fields.time_step / np.timedelta64(1, "s")),
+        "grid": {
+            "dims": [fields.y_dim, fields.x_dim],
+            "shape": [int(ds.sizes[fields.y_dim]), int(ds.sizes[fields.x_dim])],
+            "grid_mapping": fields.grid_mapping,
+        },
+        "data": {
+            "source": fields.source,
+            "time_start": str(times[0]),
+            "time_end": str(times[-1]),
+            "frames": len(times),
+            "segments": len(fields.segments),
+        },
+        **extra,
+    }
+
+
+class _EMA:
+    """Exponential moving average of parameters (kept in float32 on the model's device)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].lerp_(v.float(), 1.0 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+
+def _batches(stream: WindowStream, batch_size: int, workers: int) -> Iterator[dict[str, torch.Tensor]]:
+    loader = DataLoader(stream, batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0)
+    yield from loader
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size), initialising the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    return rank, world
+
+
+def _state_path(output: Path) -> Path:
+    return output.with_name(output.name + ".state")
+
+
+def _save(
+    output: Path,
+    model: torch.nn.Module,
+    ema: _EMA,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    step: int,
+    meta: dict,
+) -> None:
+    """The forecast checkpoint (EMA weights + metadata) and, beside it, the state that ``--resume`` needs."""
+    meta = {**meta, "step": step}
+    io.save_checkpoint(output, ema.shadow, meta)
+    state: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in model.state_dict().items()}
+    for i, pstate in opt.state_dict()["state"].items():
+        for name, value in pstate.items():
+            state[f"opt.{i}.{name}"] = torch.as_tensor(value)
+    state["rng.loss"] = gen.get_state()
+    state["rng.torch"] = torch.get_rng_state()
+    io.save_checkpoint(_state_path(output), state, {**meta, "kind": "training-state"})
+
+
+def _restore(
+    output: Path, model: torch.nn.Module, ema: _EMA, opt: torch.optim.Optimizer, gen: torch.Generator
+) -> int:
+    """Load what :func:`_save` wrote; returns the step to continue from."""
+    weights, meta = io.load_checkpoint(output)
+    state, _ = io.load_checkpoint(_state_path(output))
+    model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
+    for k, v in weights.items():
+        ema.shadow[k].copy_(v)
+    opt_state = opt.state_dict()
+    for key, value in state.items():
+        if key.startswith("opt."):
+            _, i, name = key.split(".", 2)
+            opt_state["state"].setdefault(int(i), {})[name] = value
+    opt.load_state_dict(opt_state)
+    gen.set_state(state["rng.loss"])
+    torch.set_rng_state(state["rng.torch"])
+    return int(meta["step"])
+
+
+@torch.no_grad()
+def validation_loss(
+    denoiser: torch.nn.Module,
+    fields: Fields,
+    starts: list[int],
+    diff_cfg: DiffusionConfig,
+    cfg: TrainConfig,
+    device: torch.device,
+    n_batches: int = 4,
+) -> float:
+    """Mean DyDiff loss on held-out windows with fixed crops, noise and steps (comparable across calls)."""
+    schedule = make_schedule(diff_cfg)
+    stream = WindowStream(
+        fields,
+        cfg.context,
+        cfg.horizon,
+        cfg.patch,
+        seed=cfg.seed + 7919,
+        starts=starts,
+        length=n_batches * cfg.batch_size,
+    )
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 104729)
+    losses = []
+    for batch in _batches(stream, cfg.batch_size, 0):
+        frames = batch["frames"].to(device)
+        valid = batch["valid"].to(device)
+        loss = diffusion_loss(
+            denoiser,
+            frames,
+            context=frames[:, : cfg.context],
+            schedule=schedule,
+            cfg=diff_cfg,
+            generator=gen,
+            valid=valid,
+        )
+        losses.append(float(loss))
+    return float(np.mean(losses))
+
+
+def fit(
+    fields: Fields,
+    model_cfg: ModelConfig,
+    diff_cfg: DiffusionConfig,
+    cfg: TrainConfig,
+    output: str | Path,
+    *,
+    resume: bool = False,
+    device: str | None = None,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train a Dynamical Diffusion model on windows of ``fields`` and write checkpoints to ``output``.
+
+    Checkpoints are written every ``cfg.checkpoint_every`` steps and at the end; ``resume=True``
+    continues a killed run exactly (weights, EMA, optimiser, RNG, data position), bit-identically on CPU.
+    """
+    output = Path(output)
+    dev = resolve_device(device)
+    rank, world = _distributed()
+    length = cfg.context + cfg.horizon
+    train_starts, val_starts = split_starts(fields, length, cfg.validation_fraction)
+    torch.manual_seed(cfg.seed)
+    channels = len(fields.variables)
+    denoiser = ConditionedDenoiser(model_cfg, channels=channels, context=cfg.context).to(dev)
+    ema = _EMA(denoiser, cfg.ema_decay)
+    opt = torch.optim.AdamW(denoiser.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed + rank)
+    step = 0
+    if resume:
+        if not output.is_file():
+            raise InputError(f"--resume: no checkpoint at {output} to continue from")
+        step = _restore(output, denoiser, ema, opt, gen)
+    model: torch.nn.Module = denoiser
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(denoiser)
+    schedule = make_schedule(diff_cfg)
+    meta = checkpoint_meta(
+        fields, model_cfg, diff_cfg, cfg, parameters=sum(p.numel() for p in denoiser.parameters())
+    )
+    stream = WindowStream(
+        fields,
+        cfg.context,
+        cfg.horizon,
+        cfg.patch,
+        seed=cfg.seed,
+        rain_weighted=cfg.rain_weighted,
+        starts=train_starts,
+        start_index=step * cfg.batch_size * world,
+    )
+    autocast = dev.type == "cuda"
+    loss_value, val_loss, t0, seen = math.nan, None, time.perf_counter(), 0
+    batches = _batches(stream, cfg.batch_size, cfg.num_workers)
+    while step < cfg.steps:
+        batch = next(batches)
+        frames = batch["frames"].to(dev, non_blocking=True)
+        valid = batch["valid"].to(dev, non_blocking=True)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
+            loss = diffusion_loss(
+                model,
+                frames,
+                context=frames[:, : cfg.context],
+                schedule=schedule,
+                cfg=diff_cfg,
+                generator=gen,
+                valid=valid,
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(denoiser.parameters(), cfg.grad_clip)
+        opt.step()
+        ema.update(denoiser)
+        step += 1
+        seen += frames.shape[0] * world
+        loss_value = float(loss)
+        rate = seen / max(time.perf_counter() - t0, 1e-9)
+        if val_starts and (step % cfg.validate_every == 0 or step == cfg.steps):
+            val_loss = validation_loss(denoiser, fields, val_starts, diff_cfg, cfg, dev)
+        if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+            _save(
+                output,
+                denoiser,
+                ema,
+                opt,
+                gen,
+                step,
+                {**meta, "train_loss": loss_value, "validation_loss": val_loss},
+            )
+        if progress is not None and rank == 0:
+            progress(step, cfg.steps, loss_value, rate)
+    return TrainResult(output, step, loss_value, val_loss, seen / max(time.perf_counter() - t0, 1e-9))
