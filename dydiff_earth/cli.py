@@ -168,6 +168,140 @@ def train(
     )
 
 
+@app.command()
+@user_errors
+def forecast(
+    input_path: Annotated[
+        str | None, typer.Option("--input", "-i", help="zarr store or NetCDF file(s); default: embedded demo")
+    ] = None,
+    checkpoint: Annotated[
+        str | None, typer.Option(help="checkpoint path or shipped model name; default: the shipped 'demo'")
+    ] = None,
+    variables: Annotated[
+        str | None, typer.Option(help="comma-separated variables (default: the model's)")
+    ] = None,
+    init_time: Annotated[str, typer.Option(help="ISO time of the last context frame, or latest")] = "latest",
+    lead_times: Annotated[
+        int | None, typer.Option(help="lead times to forecast (default: trained horizon)")
+    ] = None,
+    members: Annotated[int, typer.Option(help="ensemble members")] = 8,
+    sampling_steps: Annotated[int, typer.Option(help="DDIM steps: fewer is faster, 50 as in the paper")] = 50,
+    seed: Annotated[int, typer.Option(help="random seed; member k depends only on (seed, init time, k)")] = 0,
+    batch_size: Annotated[int, typer.Option(help="members sampled together (memory; never the numbers)")] = 8,
+    thresholds: Annotated[
+        str | None, typer.Option(help="exceedance thresholds, e.g. 1,4 (input units)")
+    ] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="OUT.nc or OUT.zarr")] = Path(
+        "dydiff-output/forecast.nc"
+    ),
+    maps: Annotated[Path | None, typer.Option(help="directory for PNG maps and an animation")] = Path(
+        "dydiff-output/maps"
+    ),
+    no_maps: Annotated[bool, typer.Option("--no-maps", help="skip the maps")] = False,
+    no_anchor: Annotated[
+        bool, typer.Option("--no-anchor", help="let the sampler denoise the context too")
+    ] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    quiet: Annotated[bool, typer.Option(help="no progress bar (for scheduled jobs)")] = False,
+) -> None:
+    """Ensemble forecast written as CF NetCDF/zarr on the input's grid, with maps."""
+    from dydiff_earth import config, pipeline
+
+    for name, value in (
+        ("--members", members),
+        ("--sampling-steps", sampling_steps),
+        ("--batch-size", batch_size),
+    ):
+        if value < 1:
+            raise InputError(f"{name} must be at least 1, got {value}")
+    request = pipeline.ForecastRequest(
+        input=input_path,
+        checkpoint=checkpoint,
+        variables=tuple(_split(variables) or ()) or None,
+        init_time=None if init_time == "latest" else init_time,
+        lead_times=lead_times,
+        forecast=config.ForecastConfig(
+            members=members,
+            sampling_steps=sampling_steps,
+            seed=seed,
+            batch_size=batch_size,
+            anchor_context=not no_anchor,
+        ),
+        thresholds=_floats(thresholds, "--thresholds"),
+        output=output,
+        maps=None if no_maps else maps,
+        device=device,
+        command_line=" ".join(["dydiff-earth", *sys.argv[1:]]),
+    )
+    with _progress(quiet, "sampling") as bar:
+        task = bar.add_task("sampling members x steps", total=None) if bar else None
+
+        def report(done: int, total: int) -> None:
+            if bar is not None and task is not None:
+                bar.update(task, completed=done, total=total)
+
+        result = pipeline.run_forecast(request, progress=report)
+    console.print(
+        f"wrote {result.output}: {result.members} members x {result.lead_times} lead times from "
+        f"{str(result.init_time)[:16]} in {result.seconds:.0f} s"
+        + (f"; {len(result.maps)} maps in {request.maps}" if result.maps else "")
+    )
+
+
+@app.command()
+@user_errors
+def plot(
+    forecast_path: Annotated[Path, typer.Argument(help="forecast file (.nc or .zarr)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="directory for the maps")] = Path(
+        "dydiff-output/maps"
+    ),
+    truth: Annotated[str | None, typer.Option(help="observations to draw next to the members")] = None,
+) -> None:
+    """Draw maps (and an animation) of a forecast file."""
+    from dydiff_earth import io, plotting
+
+    ds = io.open_forecast(forecast_path)
+    obs = None
+    if truth is not None:
+        from dydiff_earth import data, pipeline, schema
+
+        obs = pipeline.observed(data.open_fields(truth, schema.forecast_variables(ds)), ds)
+    paths = plotting.plot_forecast(ds, output, truth=obs)
+    console.print(f"wrote {len(paths)} maps to {output}")
+
+
+@app.command()
+@user_errors
+def run(
+    job_file: Annotated[Path, typer.Argument(help="job file, e.g. pipelines/nowcast-radar.yaml")],
+    now: Annotated[
+        str | None, typer.Option(help="pretend the clock reads this ISO time (tests, replays)")
+    ] = None,
+    backfill: Annotated[str | None, typer.Option(help="produce every missing init time in START:END")] = None,
+) -> None:
+    """One tick of a scheduled forecast job (exit 0 done or no-op, 2 bad input, 3 stale, 1 failure)."""
+    from dydiff_earth import jobs
+
+    job, _ = jobs.load_job(job_file)
+    result = jobs.run_job(job, now=now, backfill=backfill)
+    console.print(result.message, highlight=False, soft_wrap=True)
+    raise typer.Exit(result.code)
+
+
+@app.command()
+@user_errors
+def feed(
+    source: Annotated[str, typer.Argument(help="store to take frames from (e.g. a synth precip store)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="zarr store that grows by appending")],
+    frames: Annotated[int, typer.Option(help="frames to append per call")] = 1,
+) -> None:
+    """Simulate a live feed: append the next frames of SOURCE to a zarr store along time."""
+    from dydiff_earth import data
+
+    added, total = data.append_frames(source, output, frames)
+    console.print(f"appended {added} frame(s) to {output}: {total} in all")
+
+
 def _progress(quiet: bool, what: str) -> Any:
     """A rich progress bar on stderr, or a no-op context when quiet or not a terminal-friendly run."""
     import contextlib

@@ -147,3 +147,42 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# --- forecasts ---------------------------------------------------------------------------------------------
+
+FORECAST_SUFFIXES = (".nc", ".zarr")
+
+
+def write_forecast(ds: xr.Dataset, path: str | Path) -> Path:
+    """Write a forecast as compressed NetCDF-4 (``.nc``) or zarr format 3 (``.zarr``), published atomically.
+
+    Data variables are stored as float32 with zlib (NetCDF) or zarr's default codec; a complete file
+    appears under ``path`` only once it is fully written and flushed.
+    """
+    final = Path(path)
+    if final.suffix not in FORECAST_SUFFIXES:
+        raise InputError(f"output {final} must end in .nc (NetCDF) or .zarr")
+    floats = [n for n, v in ds.data_vars.items() if v.dtype.kind == "f"]
+    # Time coords are written in minutes since init: exact for radar cadences and readable by CF tools.
+    time_enc = {"lead_time": {"units": "minutes", "dtype": "float64"}}
+    if final.suffix == ".nc":
+        encoding = {n: {"zlib": True, "complevel": 4, "dtype": "float32"} for n in floats}
+        with publish(final) as tmp:
+            ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding={**encoding, **time_enc})
+        return final
+    return write_zarr(ds, final, encoding={**{n: {"dtype": "float32"} for n in floats}, **time_enc})
+
+
+def open_forecast(path: str | Path) -> xr.Dataset:
+    """Open a forecast written by :func:`write_forecast`, lazily; a bad path is an ``InputError``."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"forecast {p} not found")
+    try:
+        if p.suffix == ".zarr" or p.is_dir():
+            return xr.open_zarr(p, consolidated=False, decode_timedelta=True)
+        return xr.open_dataset(p, decode_timedelta=True, chunks={})
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot read forecast {p}: {first}") from None

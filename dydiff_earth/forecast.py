@@ -1,0 +1,489 @@
+"""Forecasters: the Dynamical Diffusion ensemble and the baselines that share its contract.
+
+This module is the one place where sampled tensors become an ``xr.Dataset`` again (DESIGN.md): labelled
+like the input (same grid, names, units, attributes) with ``member`` and ``lead_time`` dims.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+
+from dydiff_earth import __version__, io, schema
+from dydiff_earth.config import DiffusionConfig, ForecastConfig, ModelConfig
+from dydiff_earth.data import Fields, VariableSpec, denormalize, load_frames
+from dydiff_earth.diffusion import Schedule, make_schedule
+from dydiff_earth.errors import InputError
+from dydiff_earth.model import ConditionedDenoiser
+from dydiff_earth.patches import blend_weight, tiles
+from dydiff_earth.sampling import ddim_timesteps, sample_ddim
+
+#: Models shipped inside the package, resolvable by name (``--checkpoint demo``).
+MODELS_DIR = Path(__file__).parent / "models"
+#: How each member's noise is drawn (recorded in provenance).
+RNG_SCHEME = (
+    "torch.Generator(cpu) per member, seeded by numpy SeedSequence([seed, init_time_seconds, member])"
+)
+#: Network calls always hold exactly this many tiles (padded), so that neither the member batch size nor
+#: the member count changes a number: CPU convolutions may round differently at other batch sizes.
+TILE_BATCH = 8
+
+#: ``progress(done, total)`` over members x sampling steps.
+ProgressFn = Callable[[int, int], None]
+
+
+class Forecaster(Protocol):
+    """``(inputs, *, init_time, lead_times, n_members, seed) -> xr.Dataset`` with a leading ``member`` dim."""
+
+    def __call__(
+        self, inputs: Fields, *, init_time: str | None, lead_times: int, n_members: int, seed: int
+    ) -> xr.Dataset: ...
+
+
+# --- init time -------------------------------------------------------------------------------------------
+
+
+def init_index(fields: Fields, init_time: str | None, context: int) -> int:
+    """Index of the init time (the last context frame) in ``fields``; ``None``/``"latest"`` is the last frame.
+
+    The ``context`` frames ending there must lie in one contiguous segment.
+    """
+    times = fields.times
+    if init_time in (None, "latest"):
+        idx = len(times) - 1
+    else:
+        try:
+            when = np.datetime64(pd.Timestamp(init_time).tz_localize(None), "ns")
+        except (ValueError, TypeError):
+            raise InputError(
+                f"--init-time {init_time!r} is not an ISO time such as 2019-03-25T12:00"
+            ) from None
+        hits = np.flatnonzero(times == when)
+        if not len(hits):
+            raise InputError(
+                f"init time {init_time} is not a time of the input ({times[0]} .. {times[-1]}, "
+                f"every {pd.Timedelta(fields.time_step)})"
+            )
+        idx = int(hits[0])
+    seg = next(s for s in fields.segments if s.start <= idx < s.stop)
+    if idx - seg.start + 1 < context:
+        where = "the input starts" if seg.start == 0 else f"a gap before {times[seg.start]}"
+        raise InputError(
+            f"init time {times[idx]} needs {context} contiguous context frames, but {where} leaves "
+            f"{idx - seg.start + 1}; choose a later --init-time"
+        )
+    return idx
+
+
+def latest_complete_init(fields: Fields, context: int) -> int | None:
+    """The latest index whose ``context`` frames are all present and contiguous, or ``None``."""
+    for seg in reversed(fields.segments):
+        if seg.length >= context:
+            return seg.stop - 1
+    return None
+
+
+# --- member-keyed randomness ------------------------------------------------------------------------------
+
+
+def member_generator(seed: int, init_time: np.datetime64, member: int) -> torch.Generator:
+    """A generator depending only on ``(seed, init_time, member)`` (GenCast-style fold-in of the member)."""
+    seconds = int(np.datetime64(init_time, "s").astype(np.int64))
+    entropy = np.random.SeedSequence([seed, seconds & 0xFFFFFFFF, seconds >> 32 & 0xFFFFFFFF, member])
+    return torch.Generator(device="cpu").manual_seed(int(entropy.generate_state(1, np.uint64)[0] >> 1))
+
+
+def sampling_timesteps(timesteps: int, steps: int) -> list[int]:
+    """Evenly spaced descending steps from the reference's first step (981 of 1000) down to 1.
+
+    At 50 steps this is exactly the reference's schedule (981, 961, ..., 1). Unlike its "leading" rule it
+    still starts near pure noise with few steps; unlike "trailing" it avoids t = T - 1, where the clipped
+    cosine schedule leaves alpha_bar ~ 1e-9 and an epsilon model's x0 estimate is amplified without bound.
+    """
+    first = ddim_timesteps(timesteps, min(50, timesteps))[0]
+    return sorted({round(float(t)) for t in np.linspace(first, 1, steps)}, reverse=True)
+
+
+# --- the loaded model ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """A checkpoint ready to sample from."""
+
+    denoiser: ConditionedDenoiser
+    schedule: Schedule
+    variables: tuple[VariableSpec, ...]
+    context: int
+    horizon: int
+    patch: int
+    time_step: np.timedelta64
+    meta: dict
+    path: str
+    sha256: str
+
+
+def resolve_checkpoint(name_or_path: str | Path) -> Path:
+    """A checkpoint path, or the shipped model of that name (``demo``)."""
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    shipped = MODELS_DIR / f"{name_or_path}.safetensors"
+    if shipped.is_file():
+        return shipped
+    names = sorted(q.stem for q in MODELS_DIR.glob("*.safetensors"))
+    raise InputError(
+        f"checkpoint {name_or_path!r} not found: not a file, nor a shipped model ({', '.join(names)})"
+    )
+
+
+def load_model(name_or_path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
+    """Load a checkpoint (path or shipped name) onto ``device`` in eval mode."""
+    path = resolve_checkpoint(name_or_path)
+    weights, meta = io.load_checkpoint(path)
+    try:
+        model_cfg = ModelConfig(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in meta["model"].items()}
+        )
+        diff_cfg = DiffusionConfig(**meta["diffusion"])
+        specs = tuple(VariableSpec.from_dict(v) for v in meta["variables"])
+        denoiser = ConditionedDenoiser(model_cfg, channels=len(specs), context=int(meta["context"]))
+        denoiser.load_state_dict(weights)
+    except (KeyError, TypeError, RuntimeError) as exc:
+        raise InputError(
+            f"{path}: checkpoint does not match this version's model ({_first_line(exc)})"
+        ) from None
+    denoiser.to(device).eval()
+    return LoadedModel(
+        denoiser=denoiser,
+        schedule=make_schedule(diff_cfg),
+        variables=specs,
+        context=int(meta["context"]),
+        horizon=int(meta["horizon"]),
+        patch=int(meta["patch"]),
+        time_step=np.timedelta64(int(meta["time_step_seconds"]), "s"),
+        meta=meta,
+        path=str(path),
+        sha256=io.file_sha256(path),
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def check_compatible(model: LoadedModel, fields: Fields) -> None:
+    """The input must carry the model's variables, units and time step; one line naming both sides if not."""
+    have = {v.name: v for v in fields.variables}
+    for spec in model.variables:
+        if spec.name not in have:
+            raise InputError(
+                f"checkpoint needs variable {spec.name!r} but the input has {', '.join(have) or 'none'}"
+            )
+        if have[spec.name].units != spec.units:
+            raise InputError(
+                f"variable {spec.name!r}: checkpoint expects units {spec.units!r}, input has "
+                f"{have[spec.name].units!r}"
+            )
+    if np.timedelta64(fields.time_step, "s") != model.time_step:
+        raise InputError(
+            f"checkpoint was trained on a time step of {pd.Timedelta(model.time_step)}, input has "
+            f"{pd.Timedelta(fields.time_step)}"
+        )
+
+
+# --- tiled denoiser -----------------------------------------------------------------------------------------
+
+
+class TiledDenoiser:
+    """Run a crop-trained denoiser over a larger domain: overlapping tiles blended at every call.
+
+    Because the blend happens on the noise estimate at every sampling step (not on finished tiles), the
+    sampled state stays one smooth field and members have no seams. Memory is bounded by ``TILE_BATCH``
+    tiles, not by the domain.
+    """
+
+    def __init__(self, net: ConditionedDenoiser, valid: torch.Tensor, tile: int, overlap: int) -> None:
+        self.net, self.valid, self.tile = net, valid, tile
+        self.windows = tiles(tuple(valid.shape[-2:]), tile, overlap)  # type: ignore[arg-type]
+        self.weight = torch.from_numpy(blend_weight(tile, tile, overlap)).to(valid.device)
+        total = torch.zeros(valid.shape[-2:], device=valid.device)
+        for ys, xs in self.windows:
+            total[ys, xs] += self.weight
+        self.total = total
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(x)
+        jobs = [(b, ys, xs) for b in range(x.shape[0]) for ys, xs in self.windows]
+        for i in range(0, len(jobs), TILE_BATCH):
+            chunk = jobs[i : i + TILE_BATCH]
+            pad = TILE_BATCH - len(chunk)
+            xt = torch.stack([x[b, :, :, ys, xs] for b, ys, xs in chunk])
+            ct = torch.stack([context[b, :, :, ys, xs] for b, ys, xs in chunk])
+            vt = torch.stack([self.valid[:, :, ys, xs] for _, ys, xs in chunk]).expand(
+                -1, x.shape[1], -1, -1, -1
+            )
+            tt = torch.stack([t[b] for b, _, _ in chunk])
+            if pad:
+                xt, ct, vt = (torch.cat([a, a.new_zeros((pad, *a.shape[1:]))]) for a in (xt, ct, vt))
+                tt = torch.cat([tt, tt[:1].expand(pad)])
+            eps = self.net(xt, tt, ct, vt)
+            for k, (b, ys, xs) in enumerate(chunk):
+                out[b, :, :, ys, xs] += eps[k] * self.weight
+        return out / self.total
+
+
+# --- the diffusion forecaster ------------------------------------------------------------------------------
+
+
+class DiffusionForecaster:
+    """Ensemble forecasts from a Dynamical Diffusion checkpoint (the :class:`Forecaster` contract)."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        config: ForecastConfig = ForecastConfig(),  # noqa: B008 (frozen, hence safe as a default)
+        *,
+        device: torch.device | str = "cpu",
+        progress: ProgressFn | None = None,
+    ) -> None:
+        self.model, self.config, self.device, self.progress = model, config, torch.device(device), progress
+
+    @property
+    def timesteps(self) -> list[int]:
+        return sampling_timesteps(self.model.schedule.timesteps, self.config.sampling_steps)
+
+    def __call__(
+        self, inputs: Fields, *, init_time: str | None, lead_times: int, n_members: int, seed: int
+    ) -> xr.Dataset:
+        if lead_times < 1 or n_members < 1:
+            raise InputError(f"need at least one lead time and one member (got {lead_times}, {n_members})")
+        check_compatible(self.model, inputs)
+        fields = dataclasses.replace(inputs, variables=self.model.variables)
+        idx = init_index(fields, init_time, self.model.context)
+        ctx = load_frames(fields, slice(idx - self.model.context + 1, idx + 1))  # (P, C, H, W)
+        coverage = np.isfinite(ctx).all(axis=(0, 1))
+        values = self.sample(np.nan_to_num(ctx), coverage, fields.times[idx], lead_times, n_members, seed)
+        values = denormalize(values, self.model.variables)
+        values[..., ~coverage] = np.nan
+        return forecast_dataset(
+            fields, values, idx, _provenance(self.model, self.config, fields, idx, seed, self.timesteps)
+        )
+
+    def sample(
+        self,
+        ctx: np.ndarray,
+        coverage: np.ndarray,
+        init: np.datetime64,
+        lead_times: int,
+        n_members: int,
+        seed: int,
+    ) -> np.ndarray:
+        """Normalised members ``(M, N, C, H, W)`` from a normalised, NaN-free context ``(P, C, H, W)``."""
+        m, cfg = self.model, self.config
+        p, c = m.context, ctx.shape[1]
+        height, width = ctx.shape[-2:]
+        ph, pw = max(height, m.patch), max(width, m.patch)
+        context = torch.zeros((p, c, ph, pw))
+        context[..., :height, :width] = torch.from_numpy(ctx)
+        valid = torch.zeros((1, 1, ph, pw))
+        valid[..., :height, :width] = torch.from_numpy(coverage.astype(np.float32))
+        denoise = TiledDenoiser(
+            m.denoiser, valid.to(self.device), min(m.patch, ph, pw), overlap=round(cfg.tile_overlap * m.patch)
+        )
+        rounds = math.ceil(lead_times / m.horizon)
+        steps = self.timesteps
+        out = np.empty((n_members, lead_times, c, height, width), np.float32)
+        done, total = 0, n_members * rounds * len(steps)
+        for first in range(0, n_members, cfg.batch_size):
+            members = range(first, min(first + cfg.batch_size, n_members))
+            gens = [member_generator(seed, init, k) for k in members]
+            state = context.expand(len(members), -1, -1, -1, -1).clone()
+            leads: list[torch.Tensor] = []
+            for _ in range(rounds):
+                noise = torch.stack([torch.randn((p + m.horizon, c, ph, pw), generator=g) for g in gens])
+
+                def tick(i: int, t: int, x0: torch.Tensor, _n: int = len(members)) -> None:
+                    nonlocal done
+                    done += _n
+                    if self.progress is not None:
+                        self.progress(done, total)
+
+                window = sample_ddim(
+                    denoise,
+                    noise.to(self.device),
+                    steps,
+                    context=state.to(self.device),
+                    schedule=m.schedule,
+                    anchor=cfg.anchor_context,
+                    callback=tick,
+                ).cpu()
+                leads.append(window[:, p:])
+                # Each member continues from its own last P frames (autoregressive rollout).
+                state = window[:, -p:] if m.horizon >= p else torch.cat([state, window[:, p:]], 1)[:, -p:]
+            sampled = torch.cat(leads, 1)[:, :lead_times, :, :height, :width]
+            out[first : first + len(members)] = sampled.numpy()
+        return out
+
+
+# --- baselines ----------------------------------------------------------------------------------------------
+
+
+class PersistenceForecaster:
+    """The last context frame repeated at every lead time, one member (a baseline with the same contract)."""
+
+    context = 1
+
+    def __call__(
+        self, inputs: Fields, *, init_time: str | None, lead_times: int, n_members: int = 1, seed: int = 0
+    ) -> xr.Dataset:
+        idx = init_index(inputs, init_time, 1)
+        last = load_frames(inputs, slice(idx, idx + 1))
+        values = np.repeat(denormalize(last, inputs.variables)[None], lead_times, axis=1)
+        prov = {"model": "persistence", "package_version": __version__, "input": str(inputs.source)}
+        return forecast_dataset(inputs, values.astype(np.float32), idx, prov)
+
+
+# --- samples -> labelled dataset ----------------------------------------------------------------------------
+
+
+def _provenance(
+    model: LoadedModel, cfg: ForecastConfig, fields: Fields, idx: int, seed: int, steps: Sequence[int]
+) -> dict:
+    times = fields.times
+    return {
+        "model": "dynamical diffusion" if model.schedule.gamma_ratio > 0 else "conditional diffusion (r = 0)",
+        "checkpoint": model.path,
+        "checkpoint_sha256": model.sha256,
+        "gamma_ratio": model.schedule.gamma_ratio,
+        "package_version": __version__,
+        "seed": seed,
+        "rng_scheme": RNG_SCHEME,
+        "sampler": "ddim (eta = 0), evenly spaced steps from 981 to 1",
+        "sampling_steps": len(steps),
+        "context_anchoring": int(cfg.anchor_context),
+        "tile_overlap": cfg.tile_overlap,
+        "tile_batch": TILE_BATCH,
+        "input": str(fields.source),
+        "input_time_range": f"{times[0]} .. {times[-1]}",
+        "context_frames": model.context,
+        "init_time": str(times[idx]),
+    }
+
+
+def forecast_dataset(
+    fields: Fields, values: np.ndarray, idx: int, provenance: dict, thresholds: Sequence[float] = ()
+) -> xr.Dataset:
+    """Label ``values (M, N, C, H, W)`` in input units as a CF forecast dataset (DESIGN.md output format)."""
+    ds_in = fields.dataset
+    n_members, n_leads = values.shape[:2]
+    step = pd.Timedelta(fields.time_step).to_timedelta64()
+    lead = np.arange(1, n_leads + 1) * step
+    init = fields.times[idx]
+    spatial = (fields.y_dim, fields.x_dim)
+    coords: dict[str, object] = {
+        schema.MEMBER: (
+            schema.MEMBER,
+            np.arange(n_members),
+            {"standard_name": "realization", "long_name": "ensemble member"},
+        ),
+        schema.LEAD_TIME: (
+            schema.LEAD_TIME,
+            lead,
+            {"standard_name": "forecast_period", "long_name": "lead time"},
+        ),
+        schema.INIT_TIME: (
+            (),
+            init,
+            {"standard_name": "forecast_reference_time", "long_name": "initialisation time"},
+        ),
+        schema.VALID_TIME: (
+            schema.LEAD_TIME,
+            init + lead,
+            {"standard_name": "time", "long_name": "valid time"},
+        ),
+    }
+    for name, coord in ds_in.coords.items():
+        if set(coord.dims) <= set(spatial) and name != fields.time_dim:
+            coords[str(name)] = coord.variable
+    out = xr.Dataset(coords=coords)
+    for c, spec in enumerate(fields.variables):
+        attrs = dict(ds_in[spec.name].attrs)
+        out[spec.name] = ((schema.MEMBER, schema.LEAD_TIME, *spatial), values[:, :, c], attrs)
+    out = add_derived(out, thresholds)
+    out.attrs = {
+        "Conventions": schema.CONVENTIONS,
+        "title": f"dydiff-earth ensemble forecast from {init}",
+        "source": f"dydiff-earth {__version__}",
+        "history": f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} created by dydiff-earth",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **{k: _attr(v) for k, v in provenance.items()},
+    }
+    return out
+
+
+def add_derived(ds: xr.Dataset, thresholds: Sequence[float] = ()) -> xr.Dataset:
+    """``<var>_mean``, ``<var>_spread`` and, for thresholds, ``<var>_probability`` next to the members."""
+    ds = ds.copy()
+    for name in schema.forecast_variables(ds):
+        da = ds[name]
+        units = da.attrs.get("units", "1")
+        label = da.attrs.get("long_name", name)
+        ds[f"{name}_mean"] = da.mean(schema.MEMBER).assign_attrs(
+            long_name=f"ensemble mean of {label}", units=units, cell_methods="realization: mean"
+        )
+        spread = (
+            da.std(schema.MEMBER, ddof=1) if da.sizes[schema.MEMBER] > 1 else xr.zeros_like(da.isel(member=0))
+        )
+        ds[f"{name}_spread"] = spread.where(da.isel(member=0).notnull()).assign_attrs(
+            long_name=f"ensemble standard deviation of {label}",
+            units=units,
+            cell_methods="realization: standard_deviation",
+        )
+        if thresholds:
+            thr = xr.DataArray(
+                np.asarray(thresholds, float),
+                dims=schema.THRESHOLD,
+                attrs={
+                    "units": units,
+                    "standard_name": da.attrs.get("standard_name", name),
+                    "long_name": f"threshold of {label}",
+                },
+            )
+            prob = (da >= thr).mean(schema.MEMBER).where(da.isel(member=0).notnull())
+            ds = ds.assign_coords({schema.THRESHOLD: thr})
+            ds[f"{name}_probability"] = prob.transpose(schema.THRESHOLD, ...).assign_attrs(
+                long_name=f"probability of {label} at or above threshold", units="1"
+            )
+    return ds
+
+
+def _attr(value: object) -> str | int | float:
+    return value if isinstance(value, (str, int, float)) else str(value)
+
+
+__all__ = [
+    "DiffusionForecaster",
+    "Forecaster",
+    "LoadedModel",
+    "PersistenceForecaster",
+    "add_derived",
+    "check_compatible",
+    "forecast_dataset",
+    "init_index",
+    "latest_complete_init",
+    "load_model",
+    "member_generator",
+    "resolve_checkpoint",
+]

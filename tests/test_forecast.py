@@ -1,0 +1,187 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from dydiff_earth import io, schema, testing
+from dydiff_earth.config import ForecastConfig
+from dydiff_earth.data import open_fields
+from dydiff_earth.errors import InputError
+from dydiff_earth.forecast import (
+    DiffusionForecaster,
+    PersistenceForecaster,
+    init_index,
+    latest_complete_init,
+    load_model,
+    member_generator,
+)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("fc") / "field.zarr"
+    ds = testing.tiny_field(frames=12, size=(16, 24))
+    ds["precip"][:, :2, :3] = np.nan  # a corner without coverage
+    return io.write_zarr(ds, path)
+
+
+@pytest.fixture(scope="module")
+def model(store: Path, tmp_path_factory: pytest.TempPathFactory):
+    ckpt = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    testing.tiny_checkpoint(ckpt, open_fields(store), context=2, horizon=2, patch=16)
+    return load_model(ckpt)
+
+
+def _forecast(model, store, **kw) -> xr.Dataset:
+    cfg = ForecastConfig(sampling_steps=3, batch_size=kw.pop("batch_size", 8))
+    fields = open_fields(store, stats=model.variables)
+    args = {"init_time": None, "lead_times": 2, "n_members": 4, "seed": 1} | kw
+    return DiffusionForecaster(model, cfg)(fields, **args)
+
+
+def test_output_format_matches_the_input_grid(model, store: Path) -> None:
+    ds = _forecast(model, store)
+    schema.validate_forecast(ds)
+    src = xr.open_zarr(store, consolidated=False)
+    assert ds["precip"].dims == ("member", "lead_time", "latitude", "longitude")
+    np.testing.assert_array_equal(ds["latitude"], src["latitude"])
+    np.testing.assert_array_equal(ds["longitude"], src["longitude"])
+    assert ds["precip"].attrs["units"] == "mm h-1"
+    assert ds[schema.INIT_TIME].values == src["time"].values[-1]
+    np.testing.assert_array_equal(
+        ds[schema.VALID_TIME], ds[schema.INIT_TIME].values + ds[schema.LEAD_TIME].values
+    )
+    # NaN exactly where the input has no coverage; rain rates are never negative.
+    assert ds["precip"].isel(member=0, lead_time=0)[:2, :3].isnull().all()
+    assert np.isfinite(ds["precip"].values[..., 2:, 3:]).all()
+    assert float(ds["precip"].min()) >= 0.0
+    assert {"precip_mean", "precip_spread"} <= set(ds.data_vars)
+    for key in ("checkpoint_sha256", "seed", "rng_scheme", "sampler", "sampling_steps", "input_time_range"):
+        assert key in ds.attrs
+
+
+def test_members_depend_only_on_seed_init_and_index(model, store: Path) -> None:
+    eight = _forecast(model, store, n_members=8)
+    two = _forecast(model, store, n_members=2)
+    np.testing.assert_array_equal(two["precip"].values, eight["precip"].values[:2])
+    one_by_one = _forecast(model, store, n_members=8, batch_size=1)
+    np.testing.assert_array_equal(one_by_one["precip"].values, eight["precip"].values)
+    other_seed = _forecast(model, store, n_members=2, seed=2)
+    assert not np.allclose(other_seed["precip"].values, two["precip"].values, equal_nan=True)
+    assert eight["precip"].std("member").mean() > 0
+
+
+def test_member_generator_keys() -> None:
+    t = np.datetime64("2024-06-01T12:00")
+    a = torch_draw(member_generator(0, t, 3))
+    assert a == torch_draw(member_generator(0, t, 3))
+    assert a != torch_draw(member_generator(0, t, 4))
+    assert a != torch_draw(member_generator(1, t, 3))
+    assert a != torch_draw(member_generator(0, t + np.timedelta64(5, "m"), 3))
+
+
+def torch_draw(gen) -> float:
+    import torch
+
+    return float(torch.randn(1, generator=gen))
+
+
+def test_rollout_past_the_trained_horizon(model, store: Path) -> None:
+    ds = _forecast(model, store, lead_times=5, n_members=2)
+    assert ds.sizes["lead_time"] == 5
+    assert np.isfinite(ds["precip"].values[..., 2:, 3:]).all()
+
+
+def test_explicit_init_time_and_context_errors(tmp_path: Path, model) -> None:
+    path = io.write_zarr(testing.tiny_field(frames=10, size=(16, 24), gaps=(6,)), tmp_path / "gap.zarr")
+    fields = open_fields(path, stats=model.variables)
+    times = fields.times
+    assert init_index(fields, str(times[3]), 2) == 3
+    with pytest.raises(InputError, match="contiguous context frames"):
+        init_index(fields, str(times[0]), 2)  # not enough frames before it
+    with pytest.raises(InputError, match="gap before"):
+        init_index(fields, str(times[6]), 2)  # the first frame after the gap
+    with pytest.raises(InputError, match="not a time of the input"):
+        init_index(fields, "1999-01-01T00:00", 2)
+    with pytest.raises(InputError, match="not an ISO time"):
+        init_index(fields, "yesterday-ish", 2)
+    assert latest_complete_init(fields, 2) == len(times) - 1
+    assert latest_complete_init(fields, 4) == 5
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"name": "rain"}, "checkpoint needs variable 'precip'"),
+        ({"units": "kg m-2 s-1"}, "expects units 'mm h-1', input has 'kg m-2 s-1'"),
+        ({"step": "10min"}, "time step of 0 days 00:05:00, input has 0 days 00:10:00"),
+    ],
+)
+def test_mismatch_names_both_sides(tmp_path: Path, model, change: dict, message: str) -> None:
+    from dydiff_earth.forecast import check_compatible
+
+    path = io.write_zarr(testing.tiny_field(frames=8, size=(16, 24), **change), tmp_path / "other.zarr")
+    with pytest.raises(InputError, match=message):
+        check_compatible(model, open_fields(path))
+
+
+def test_tiles_are_blended_without_seams(tmp_path: Path) -> None:
+    """A 48-wide domain from a 16-pixel model: gradients across tile borders look like interior ones."""
+    path = io.write_zarr(testing.tiny_field(frames=6, size=(16, 48)), tmp_path / "wide.zarr")
+    fields = open_fields(path)
+    ckpt = testing.tiny_checkpoint(tmp_path / "m.safetensors", fields, context=2, horizon=2, patch=16)
+    model = load_model(ckpt)
+    ds = DiffusionForecaster(model, ForecastConfig(sampling_steps=4, tile_overlap=0.25))(
+        fields, init_time=None, lead_times=2, n_members=3, seed=0
+    )
+    from dydiff_earth.patches import tiles
+
+    values = ds["precip"].values  # (M, N, H, W)
+    grad = np.abs(np.diff(values, axis=-1)).mean(axis=(0, 1, 2))  # mean |d/dx| between columns j and j+1
+    borders = sorted({xs.start - 1 for _, xs in tiles((16, 48), 16, 4) if xs.start > 0})
+    borders += sorted({xs.stop - 1 for _, xs in tiles((16, 48), 16, 4) if xs.stop < 48})
+    interior = np.delete(grad, borders)
+    ratio = grad[borders].mean() / interior.mean()
+    assert ratio < 1.5, f"seam ratio {ratio:.2f}"
+
+
+def test_persistence_repeats_the_last_frame(store: Path) -> None:
+    fields = open_fields(store)
+    ds = PersistenceForecaster()(fields, init_time=None, lead_times=3, n_members=1, seed=0)
+    schema.validate_forecast(ds)
+    last = xr.open_zarr(store, consolidated=False)["precip"].isel(time=-1).values
+    for k in range(3):
+        np.testing.assert_allclose(ds["precip"].values[0, k], last, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("suffix", [".nc", ".zarr"])
+def test_write_and_reopen(model, store: Path, tmp_path: Path, suffix: str) -> None:
+    ds = _forecast(model, store, n_members=2)
+    out = io.write_forecast(ds, tmp_path / f"f{suffix}")
+    back = io.open_forecast(out)
+    schema.validate_forecast(back)
+    np.testing.assert_allclose(back["precip"].values, ds["precip"].values, rtol=1e-6)
+    assert back[schema.LEAD_TIME].dtype.kind == "m"
+    assert back[schema.INIT_TIME].attrs["standard_name"] == "forecast_reference_time"
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_a_failed_write_leaves_nothing_and_keeps_the_old_file(
+    model, store: Path, tmp_path: Path, monkeypatch
+) -> None:
+    ds = _forecast(model, store, n_members=2)
+    out = io.write_forecast(ds, tmp_path / "f.nc")
+    before = out.read_bytes()
+
+    def broken(self, path, **kw):
+        Path(path).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", broken)
+    with pytest.raises(OSError, match="disk full"):
+        io.write_forecast(ds, out)
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["f.nc"]
