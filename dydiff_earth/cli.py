@@ -296,10 +296,111 @@ def feed(
     frames: Annotated[int, typer.Option(help="frames to append per call")] = 1,
 ) -> None:
     """Simulate a live feed: append the next frames of SOURCE to a zarr store along time."""
-    from dydiff_earth import data
+    from dydiff_earth import jobs
 
-    added, total = data.append_frames(source, output, frames)
+    added, total = jobs.append_frames(source, output, frames)
     console.print(f"appended {added} frame(s) to {output}: {total} in all")
+
+
+@app.command()
+@user_errors
+def evaluate(
+    forecast_path: Annotated[Path, typer.Option("--forecast", "-f", help="forecast file (.nc or .zarr)")],
+    truth: Annotated[str, typer.Option(help="observations on the forecast's grid (store, file or glob)")],
+    thresholds: Annotated[
+        str | None, typer.Option(help="event thresholds, e.g. 1,4 (variable units)")
+    ] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="scores file (NetCDF)")] = Path(
+        "dydiff-output/scores.nc"
+    ),
+    report: Annotated[Path | None, typer.Option(help="directory for an HTML/Markdown report")] = None,
+) -> None:
+    """Score a forecast file against observations at its valid times."""
+    from dydiff_earth import verify
+
+    scores = verify.evaluate(
+        forecast_path, truth, thresholds=_floats(thresholds, "--thresholds"), output=output, report_dir=report
+    )
+    crps = [str(n) for n in scores.data_vars if str(n).endswith("crps_fair")]
+    summary = ", ".join(f"{n} {float(scores[n].mean()):.4g} {scores[n].attrs.get('units', '')}" for n in crps)
+    console.print(
+        f"wrote {output}: mean {summary} over {scores.sizes['lead_time']} lead times"
+        + (f"; report in {report}" if report else "")
+    )
+
+
+@app.command()
+@user_errors
+def skill(
+    data_path: Annotated[str, typer.Option("--data", help="observations: inputs and truth (store or files)")],
+    checkpoint: Annotated[
+        list[str] | None,
+        typer.Option(help="checkpoint path or shipped name (repeatable); default: 'demo' if it fits"),
+    ] = None,
+    baselines: Annotated[
+        str, typer.Option(help="comma-separated: persistence, extrapolation, steps")
+    ] = "persistence,extrapolation",
+    time: Annotated[str | None, typer.Option(help="held-out period START:END")] = None,
+    init_stride: Annotated[
+        int | None, typer.Option(help="init at every N-th window start (default 4, radar-4km-v1)")
+    ] = None,
+    inits: Annotated[int | None, typer.Option(help="N evenly spaced init times instead")] = None,
+    members: Annotated[int, typer.Option(help="ensemble members")] = 8,
+    lead_times: Annotated[
+        int | None, typer.Option(help="lead times (default: model horizon, else 12)")
+    ] = None,
+    sampling_steps: Annotated[int, typer.Option(help="DDIM steps of the model systems")] = 50,
+    thresholds: Annotated[
+        str | None, typer.Option(help="event thresholds, e.g. 1,4 (variable units)")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    report: Annotated[Path, typer.Option(help="directory for scores.nc, summary.json and the report")] = Path(
+        "dydiff-output/skill"
+    ),
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+) -> None:
+    """Compare checkpoints and baselines on the same init times of a held-out period, with a report."""
+    from dydiff_earth import verify
+
+    checkpoints = checkpoint or []
+    if not checkpoint:
+        checkpoints, note = verify.default_checkpoints(data_path, time=time)
+        if note:
+            console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    with _progress(quiet, "forecasting") as bar:
+        task = bar.add_task("forecasting", total=None) if bar else None
+
+        def tick(system: str, done: int, total: int) -> None:
+            if bar is not None and task is not None:
+                bar.update(task, completed=done, total=total, description=system)
+
+        result = verify.skill(
+            data_path,
+            checkpoints,
+            _split(baselines) or [],
+            time=time,
+            init_stride=init_stride,
+            inits=inits,
+            members=members,
+            lead_times=lead_times,
+            sampling_steps=sampling_steps,
+            thresholds=_floats(thresholds, "--thresholds"),
+            seed=seed,
+            report_dir=report,
+            device=device,
+            progress=tick,
+        )
+    rows = result.summary["systems"].items()
+    crps = ", ".join(
+        f"{name} {row['crps_fair']:.4g}" for name, row in rows if row.get("crps_fair") is not None
+    )
+    console.print(
+        f"wrote {result.report}: {len(result.init_times)} init times, fair CRPS {crps} "
+        f"in {sum(result.seconds.values()):.0f} s",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _progress(quiet: bool, what: str) -> Any:

@@ -75,6 +75,8 @@ class ForecastConfig:
     batch_size: int = 8
     #: tile overlap as a fraction of the tile size, for domains larger than the training patch
     tile_overlap: float = 0.25
+    #: bound on the clean estimate at every sampling step, in normalised units (standard deviations)
+    clip: float = 10.0
 
 
 PRESETS: dict[str, ModelConfig] = {

@@ -327,6 +327,7 @@ class DiffusionForecaster:
                     context=state.to(self.device),
                     schedule=m.schedule,
                     anchor=cfg.anchor_context,
+                    clip=cfg.clip,
                     callback=tick,
                 ).cpu()
                 leads.append(window[:, p:])
@@ -374,6 +375,7 @@ def _provenance(
         "sampling_steps": len(steps),
         "context_anchoring": int(cfg.anchor_context),
         "tile_overlap": cfg.tile_overlap,
+        "clip_normalised": cfg.clip,
         "tile_batch": TILE_BATCH,
         "input": str(fields.source),
         "input_time_range": f"{times[0]} .. {times[-1]}",

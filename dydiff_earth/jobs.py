@@ -291,3 +291,37 @@ def run_job(job: JobConfig, *, now: str | None = None, backfill: str | None = No
     except Exception as exc:  # an operator needs the line in the log, not only a traceback on stderr
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         return TickResult(1, _log(job, f"init=none status=failed error={type(exc).__name__}: {first}"))
+
+
+def append_frames(source: str | Path, store: str | Path, frames: int = 1) -> tuple[int, int]:
+    """Append the next ``frames`` frames of ``source`` to the zarr ``store`` (a simulated live feed).
+
+    The first call creates the store (atomically); later calls append along time, as a radar ingest
+    would. Returns ``(frames added, frames in the store)``.
+    """
+    from dydiff_earth.data import open_fields
+
+    if frames < 1:
+        raise InputError(f"--frames must be at least 1, got {frames}")
+    fields = open_fields(source)
+    src = fields.dataset.drop_attrs(deep=False)
+    tdim = fields.time_dim
+    for var in src.variables.values():
+        var.encoding = {}
+    target = Path(store)
+    have = 0
+    if target.exists():
+        with open_fields(target).dataset as current:
+            have = current.sizes[tdim]
+    chunk = src.isel({tdim: slice(have, have + frames)})
+    added = chunk.sizes[tdim]
+    if added == 0:
+        return 0, have
+    if have == 0:
+        io.write_zarr(
+            chunk.assign_attrs(fields.dataset.attrs | {"title": "dydiff-earth simulated feed"}), target
+        )
+    else:
+        chunk = chunk.drop_vars([n for n, v in chunk.variables.items() if tdim not in v.dims])
+        chunk.to_zarr(target, append_dim=tdim, mode="a", zarr_format=3, consolidated=False)
+    return added, have + added

@@ -117,6 +117,11 @@ def _batches(stream: WindowStream, batch_size: int, workers: int) -> Iterator[di
     yield from loader
 
 
+def _with_mask(net: torch.nn.Module, valid: torch.Tensor) -> Callable[..., torch.Tensor]:
+    """The network as a ``Denoiser`` that also sees the data's validity mask (gaps, no coverage)."""
+    return lambda x, t, context: net(x, t, context, valid)
+
+
 def _distributed() -> tuple[int, int]:
     """(rank, world size), initialising the process group when launched by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -199,7 +204,7 @@ def validation_loss(
         frames = batch["frames"].to(device)
         valid = batch["valid"].to(device)
         loss = diffusion_loss(
-            denoiser,
+            _with_mask(denoiser, valid),
             frames,
             context=frames[:, : cfg.context],
             schedule=schedule,
@@ -269,7 +274,7 @@ def fit(
         valid = batch["valid"].to(dev, non_blocking=True)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
             loss = diffusion_loss(
-                model,
+                _with_mask(model, valid),
                 frames,
                 context=frames[:, : cfg.context],
                 schedule=schedule,
@@ -285,7 +290,7 @@ def fit(
         ema.update(denoiser)
         step += 1
         seen += frames.shape[0] * world
-        loss_value = float(loss)
+        loss_value = float(loss.detach())
         rate = seen / max(time.perf_counter() - t0, 1e-9)
         if val_starts and (step % cfg.validate_every == 0 or step == cfg.steps):
             val_loss = validation_loss(denoiser, fields, val_starts, diff_cfg, cfg, dev)

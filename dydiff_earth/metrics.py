@@ -1,0 +1,672 @@
+"""Verification metrics for ensemble forecasts on xarray (no torch here).
+
+Each metric is a small frozen dataclass with ``compute(forecast, truth) -> xr.Dataset``, the shape of
+google-research/weatherbench2 ``metrics.py``. Where the ``scores`` library offers the score we call it
+(CRPS, RMSE, MAE, mean error, Brier score, contingency-table scores); the rest is written here and tested
+against brute force.
+
+Conventions shared by every metric:
+
+- ``forecast`` has dims ``(ensemble_dim, [init_time], lead_time, y, x)``; ``truth`` the same minus
+  ``ensemble_dim``. The spatial dims are the last two dims of ``truth``.
+- Masking: a point is verified when the truth is finite *and* every member is finite there. A NaN in the
+  truth masks the point for every score; a NaN in any member at a point with finite truth masks the point
+  too (a partial ensemble is not scored, as ``scores.probability.rank_histogram`` does).
+- Reduction: every dim except ``lead_time`` (and the metric's own dims: ``threshold``, ``pool``,
+  ``scale``, ``rank``, ``bin``, ``wavenumber``) is averaged over, i.e. over init times and space.
+  ``n_points`` counts the verified points per lead time.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scores.categorical import BinaryContingencyManager
+from scores.continuous import mae, mean_error, rmse
+from scores.probability import brier_score_for_ensemble, crps_for_ensemble
+
+from dydiff_earth.schema import LEAD_TIME, MEMBER, SYSTEM, THRESHOLD
+
+POOL = "pool"
+SCALE = "scale"
+RANK = "rank"
+BIN = "bin"
+WAVENUMBER = "wavenumber"
+N_POINTS = "n_points"
+
+REFERENCES = (
+    "Ferro (2014) Fair scores for ensemble forecasts, QJRMS 140:1917, doi:10.1002/qj.2270; "
+    "Gneiting & Raftery (2007) Strictly proper scoring rules, JASA 102:359; "
+    "Fortin et al. (2014) Why should ensemble spread match the RMSE of the ensemble mean?, "
+    "J. Hydrometeor. 15:1708, doi:10.1175/JHM-D-14-0008.1; "
+    "Hamill (2001) Interpretation of rank histograms, MWR 129:550; "
+    "Roberts & Lean (2008) Scale-selective verification of rainfall accumulations, MWR 136:78, "
+    "doi:10.1175/2007MWR2123.1; Brier (1950) MWR 78:1; "
+    "Ravuri et al. (2021) Skilful precipitation nowcasting using deep generative models of radar "
+    "(DGMR), Nature 597:672; Leeuwenburgh et al. (2024) scores: a Python package for verifying and "
+    "evaluating models and predictions with xarray, JOSS 9(99):6889"
+)
+
+
+class Metric(Protocol):
+    """What every metric offers: ``compute(forecast, truth) -> xr.Dataset``."""
+
+    def compute(self, forecast: xr.DataArray, truth: xr.DataArray) -> xr.Dataset: ...
+
+
+# --------------------------------------------------------------------------------------------------------
+# Shared plumbing
+# --------------------------------------------------------------------------------------------------------
+
+
+def _prepare(
+    forecast: xr.DataArray, truth: xr.DataArray, ensemble_dim: str
+) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray]:
+    """Check dims, align exactly and mask: returns ``(forecast, truth, valid)`` with NaN where not valid."""
+    if ensemble_dim not in forecast.dims:
+        raise ValueError(f"forecast has no {ensemble_dim!r} dim; its dims are {forecast.dims}")
+    if ensemble_dim in truth.dims:
+        raise ValueError(f"truth must not have the ensemble dim {ensemble_dim!r}")
+    if set(forecast.dims) - {ensemble_dim} != set(truth.dims):
+        raise ValueError(
+            f"forecast dims {forecast.dims} do not match truth dims {truth.dims} plus a member dim"
+        )
+    if truth.ndim < 2:
+        raise ValueError(f"truth needs two spatial dims last; its dims are {truth.dims}")
+    forecast = forecast.transpose(ensemble_dim, *truth.dims)
+    # join="exact": a lead time or grid mismatch is an error, never a silent intersection.
+    forecast, truth = xr.align(forecast, truth, join="exact")
+    valid = truth.notnull() & forecast.notnull().all(ensemble_dim)
+    return forecast.where(valid), truth.where(valid), valid
+
+
+def _reduce_dims(truth: xr.DataArray) -> list[str]:
+    """Every dim of ``truth`` except ``lead_time``: init times and space."""
+    return [str(d) for d in truth.dims if d != LEAD_TIME]
+
+
+def _spatial_dims(truth: xr.DataArray) -> tuple[str, str]:
+    y, x = truth.dims[-2:]
+    return str(y), str(x)
+
+
+def _finish(variables: Mapping[str, xr.DataArray], valid: xr.DataArray) -> xr.Dataset:
+    """Bundle scores with ``n_points`` (verified points per lead time), lead time first."""
+    n_points = valid.sum(_reduce_dims(valid)).astype(np.int64)
+    n_points.attrs = {"long_name": "number of verified points", "units": "1"}
+    ds = xr.Dataset({**variables, N_POINTS: n_points})
+    return ds.transpose(LEAD_TIME, THRESHOLD, ..., missing_dims="ignore")
+
+
+def _named(da: xr.DataArray, long_name: str, units: str) -> xr.DataArray:
+    da = da.copy(deep=False)
+    da.attrs = {"long_name": long_name, "units": units}
+    return da
+
+
+def _units(truth: xr.DataArray) -> str:
+    return str(truth.attrs.get("units", "1"))
+
+
+def _thresholds(values: Sequence[float]) -> tuple[float, ...]:
+    out = tuple(float(v) for v in values)
+    if not out:
+        raise ValueError("give at least one threshold")
+    if any(b <= a for a, b in itertools.pairwise(out)):
+        raise ValueError(f"thresholds must increase strictly; got {out}")
+    return out
+
+
+def _threshold_coord(thresholds: Sequence[float]) -> xr.DataArray:
+    return xr.DataArray(list(thresholds), dims=THRESHOLD, coords={THRESHOLD: list(thresholds)})
+
+
+def _exceedance_probability(
+    forecast: xr.DataArray, thresholds: xr.DataArray, ensemble_dim: str
+) -> xr.DataArray:
+    """Fraction of members ``>= threshold`` (NaN where ``forecast`` is masked), dims ``threshold, ...``."""
+    valid = forecast.notnull().all(ensemble_dim)
+    return (forecast >= thresholds).mean(ensemble_dim).where(valid)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Scores of the whole ensemble
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CRPS:
+    """Ensemble CRPS, ``mean_i |X_i - y| - sum_ij |X_i - X_j| / (2 K)`` (Gneiting & Raftery 2007).
+
+    ``fair=True``: K = M (M - 1), the fair CRPS of Ferro (2014), unbiased for the CRPS of the distribution
+    the members are drawn from; with one member it reduces to the MAE. ``fair=False``: K = M^2, the CRPS of
+    the empirical CDF of the members. Variable ``crps_fair`` or ``crps`` (truth units), dims ``lead_time``.
+    Computed by ``scores.probability.crps_for_ensemble``.
+    """
+
+    fair: bool = True
+    ensemble_dim: str = MEMBER
+
+    def compute(self, forecast: xr.DataArray, truth: xr.DataArray) -> xr.Dataset:
+        fc, y, valid = _prepare(forecast, truth, self.ensemble_dim)
+        # With one member the fair spread term is 0/0 in scores; both forms reduce to |X - y| there.
+        method = "fair" if self.fair and fc.sizes[self.ensemble_dim] > 1 else "ecdf"
+        crps = crps_for_ensemble(fc, y, self.ensemble_dim, method=method, reduce_dims=_reduce_dims(y))
+        name, long_name = ("crps_fair", "fair ensemble CRPS") if self.fair else ("crps", "ensemble CRPS")
+        return _finish({name: _named(crps, long_name, _units(truth))}, valid)
+
+
+@dataclass(frozen=True)
+class SpreadSkill:
+    """Spread and spread-skill ratio of the ensemble (Fortin et al. 2014).
+
+    ``spread = sqrt(mean var_members)`` with the unbiased (ddof=1) member variance, and
+    ``ssr = sqrt((M + 1) / M) * spread / rmse(ensemble mean)``; the factor corrects for the finite
+    ensemble, so a calibrated ensemble of any size has ssr close to 1. Variables ``spread`` (truth units)
+    and ``ssr``, dims ``lead_time``. Needs M >= 2 (NaN otherwise).
+    """
+
+    ensemble_dim: str = MEMBER
+
+    def compute(self, forecast: xr.DataArray, truth: xr.DataArray) -> xr.Dataset:
+        fc, y, valid = _prepare(forecast, truth, self.ensemble_dim)
+        reduce = _reduce_dims(y)
+        m = fc.sizes[self.ensemble_dim]
+        # Masked points have all members NaN, so skipna=False changes nothing but avoids empty-slice warnings.
+        variance = fc.var(self.ensemble_dim, ddof=1, skipna=False) if m > 1 else xr.full_like(y, np.nan)
+        spread = variance.mean(reduce) ** 0.5
+        skill = rmse(fc.mean(self.ensemble_dim, skipna=False), y, reduce_dims=reduce)
+        ssr = np.sqrt((m + 1) / m) * spread / skill
+        return _finish(
+            {
+                "spread": _named(spread, "ensemble spread (root mean member variance)", _units(truth)),
+                "ssr": _named(ssr, "spread-skill ratio with finite-ensemble correction", "1"),
+            },
+            valid,
+        )
+
+
+@dataclass(frozen=True)
+class RankHistogram:
+    """Rank histogram (Talagrand diagram; Hamill 2001) of the truth among the members.
+
+    The rank of the truth is the number of members below it (0..M); ties with members are broken uniformly
+    at random with ``numpy.random.default_rng(seed)``, so a calibrated ensemble gives a flat histogram even
+    for discrete fields such as rain with many zeros. Variables ``rank_histogram`` (normalised frequency)
+    and ``rank_count``, dims ``lead_time, rank``.
+    """
+
+    seed: int = 0
+    ensemble_dim: str = MEMBER
+
+    def compute(self, forecast: xr.DataArray, truth: xr.DataArray) -> xr.Dataset:
+        fc, y, valid = _prepare(forecast, truth, self.ensemble_dim)
+        m = fc.sizes[self.ensemble_dim]
+        below = (fc < y).sum(self.ensemble_dim)
+        ties = (fc == y).sum(self.ensemble_dim)
+        u = xr.DataArray(np.random.default_rng(self.seed).random(ties.shape), dims=ties.dims)
+        rank = (below + np.floor(u * (ties + 1))).where(valid)
+        ranks = xr.DataArray(np.arange(m + 1), dims=RANK, coords={RANK: np.arange(m + 1)})
+        count = (rank == ranks).sum(_reduce_dims(y)).astype(np.int64)
+        frequency = count / count.sum(RANK)
+        return _finish(
+            {
+                "rank_histogram": _named(frequency, "rank histogram (relative frequency)", "1"),
+                "rank_count": _named(count, "rank histogram (count)", "1"),
+            },
+            valid,
+        )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Scores of the ensemble mean
+# --------------------------------------------------------------------------------------------------------
+
+
+def _ensemble_mean_score(
+    forecast: xr.DataArray,
+    truth: xr.DataArray,
+    ensemble_dim: str,
+    score: Callable[..., xr.DataArray],
+    name: str,
+    long_name: str,
+) -> xr.Dataset:
+    fc, y, valid = _prepare(forecast, truth, ensemble_dim)
+    value = score(fc.mean(ensemble_dim, skipna=False), y, reduce_dims=_reduce_dims(y))
+    return _finish({name: _named(value, long_name, _units(truth))}, valid)
+
+
+@dataclass(frozen=True)
+class RMSE:
+    """Root mean squared error of the ensemble mean (``scores.continuous.rmse``); variable ``rmse``."""
+
+    ensemble_dim: str = MEMBER
+
+    def compute(self, forecast: xr.DataArray, truth: xr.DataArray) -> xr.Dataset:
+        return _ensemble_mean_score(
+            forecast, truth, self.ensemble_dim, rmse, "rmse", "RMSE of the ensemble mean"
+        )
+
+
+@dataclass(frozen=True)
+class MAE:
+    """Mean absolute error of the ensemble mean (``scores.continuous.mae``); variable ``mae``."""
+
+    ensemble_dim: str = MEMBER
+
+    def compute(self, forecast: xr.DataArray, truth: xr.DataArray) -> xr.Dataset:
+        return _ensemble_mean_score(
+            forecast, truth, self.ensemble_dim, mae, "mae", "MAE of the ensemble mean"
+        )
+
+
+@dataclass(frozen=True)
+class Bias:
+    """Mean error (forecast - truth) of the ensemble mean (``scores.continuous.mean_error``); ``bias``."""
+
+    ensemble_dim: str = MEMBER
+
+    def compute(self, forecast: xr.DataArray, truth: xr.DataArray) -> xr.Dataset:
+        return _ensemble_mean_score(
+            forecast, truth, self.ensemble_dim, mean_error, "bias", "mean error of the ensemble mean"
+        )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Threshold scores
+# --------------------------------------------------------------------------------------------------------
+
+
+def _max_pool(events: xr.DataArray, pool: int, spatial: tuple[str, str]) -> xr.DataArray:
+    """Max over non-overlapping ``pool x pool`` windows (remainder dropped); a NaN in a window gives NaN."""
+    if pool == 1:
+        return events
+    if min(events.sizes[d] for d in spatial) < pool:
+        raise ValueError(f"pool {pool} is larger than the grid {[events.sizes[d] for d in spatial]}")
+    return events.coarsen({d: pool for d in spatial}, boundary="trim").reduce(np.max)
+
+
+@dataclass(frozen=True)
+class Categorical:
+    """Contingency-table scores of the ensemble mean at thresholds, pixelwise and max-pooled.
+
+    Events are exceedances ``>= threshold`` of the *ensemble mean* and of the truth, the convention of the
+    nowcasting literature for ensembles (e.g. Ravuri et al. 2021, DGMR); note the ensemble mean is smoother
+    than any member, so its CSI favours blurry forecasts. Scores are computed pixelwise (pool 1) and after
+    max-pooling the binary fields over non-overlapping ``pool x pool`` windows (DGMR); a window holding a
+    masked point is masked. Counts are summed over init times and space before the ratios are taken
+    (``scores.categorical.BinaryContingencyManager``). Variables ``csi``, ``pod``, ``far``,
+    ``frequency_bias``, ``ets``, dims ``lead_time, threshold, pool``.
+    """
+
+    thresholds: Sequence[float]
+    pools: Sequence[int] = (1, 4, 16)
+    ensemble_dim: str = MEMBER
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "thresholds", _thresholds(self.thresholds))
+        object.__setattr__(self, "pools", tuple(int(p) for p in self.pools))
+        if not self.pools or min(self.pools) < 1:
+            raise ValueError(f"pools must be positive integers; got {self.pools}")
+
+    def compute(self, forecast: xr.DataArray, truth: xr.DataArray) -> xr.Dataset:
+        fc, y, valid = _prepare(forecast, truth, self.ensemble_dim)
+        spatial = _spatial_dims(y)
+        thresholds = _threshold_coord(self.thresholds)
+        forecast_events = (fc.mean(self.ensemble_dim, skipna=False) >= thresholds).where(valid)
+        truth_events = (y >= thresholds).where(valid)
+        per_pool = []
+        for pool in self.pools:
+            f = _max_pool(forecast_events, pool, spatial)
+            o = _max_pool(truth_events, pool, spatial)
+            reduce = [d for d in f.dims if d not in (LEAD_TIME, THRESHOLD)]
+            table = BinaryContingencyManager(f, o).transform(reduce_dims=reduce)
+            per_pool.append(
+                xr.Dataset(
+                    {
+                        "csi": _named(table.critical_success_index(), "critical success index", "1"),
+                        "pod": _named(table.probability_of_detection(), "probability of detection", "1"),
+                        "far": _named(table.false_alarm_ratio(), "false alarm ratio", "1"),
+                        "frequency_bias": _named(table.frequency_bias(), "frequency bias", "1"),
+                        "ets": _named(table.equitable_threat_score(), "equitable threat score", "1"),
+                    }
+                )
+            )
+        pools = pd.Index(list(self.pools), name=POOL)
+        scores = xr.concat(
+            per_pool, dim=pools, data_vars="all", coords="different", compat="equals", join="exact"
+        )
+        return _finish({str(k): v for k, v in scores.data_vars.items()}, valid)
+
+
+def _box_sum(a: np.ndarray, n: int) -> np.ndarray:
+    """Sums over every ``n x n`` window lying wholly inside the last two axes (summed-area table)."""
+    c = np.cumsum(np.cumsum(a, axis=-2), axis=-1)
+    c = np.pad(c, [(0, 0)] * (a.ndim - 2) + [(1, 0), (1, 0)])
+    return c[..., n:, n:] - c[..., :-n, n:] - c[..., n:, :-n] + c[..., :-n, :-n]
+
+
+def _neighbourhood_fraction(a: xr.DataArray, count: xr.DataArray, n: int, spatial: tuple[str, str]):
+    """Mean of ``a`` over the valid points of each ``n x n`` window; NaN where a window has none."""
+    total = xr.apply_ufunc(
+        _box_sum,
+        a.fillna(0.0),
+        input_core_dims=[list(spatial)],
+        output_core_dims=[["window_y", "window_x"]],
+        exclude_dims=set(spatial),
+        kwargs={"n": n},
+        dask="parallelized",
+        output_dtypes=[float],
+        dask_gufunc_kwargs={
+            "allow_rechunk": True,
+            "output_sizes": {
+                "window_y": a.sizes[spatial[0]] - n + 1,
+                "window_x": a.sizes[spatial[1]] - n + 1,
+            },
+        },
+    )
+    return total / count.where(count > 0)
+
+
+@dataclass(frozen=True)
+class FSS:
+    """Fractions skill score (Roberts & Lean 2008) of the ensemble exceedance probability.
+
+    The forecast field is the fraction of members ``>= threshold`` at each point (the ensemble
+    probability, standard for ensembles; with one member it is the binary field of Roberts & Lean), the
+    truth field its binary exceedance. Both are averaged over every ``n x n`` window lying inside the grid
+    (no padding, like ``scores.spatial.fss_2d``); masked points are left out of a window's mean, and a
+    window with no valid point is dropped. ``FSS = 1 - sum (P_f - P_o)^2 / sum (P_f^2 + P_o^2)`` with sums
+    over windows, init times and space (the aggregation of Roberts & Lean and ``scores``); NaN when no
+    event is forecast nor observed. Variable ``fss``, dims ``lead_time, threshold, scale`` (window side in
+    grid points).
+    """
+
+    thresholds: Sequence[float]
+    windows: Sequence[int] = (5,)
+    ensemble_dim: str = MEMBER
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "thresholds", _thresholds(self.thresholds))
+        object.__setattr__(self, "windows", tuple(int(w) for w in self.windows))
+        if not self.windows or min(self.windows) < 1:
+            raise ValueError(f"windows must be positive integers; got {self.windows}")
+
+    def compute(self, forecast: xr.DataArray, truth: xr.DataArray) -> xr.Dataset:
+        fc, y, valid = _prepare(forecast, truth, self.ensemble_dim)
+        spatial = _spatial_dims(y)
+        thresholds = _threshold_coord(self.thresholds)
+        probability = _exceedance_probability(fc, thresholds, self.ensemble_dim)
+        events = (y >= thresholds).where(valid)
+        per_scale = []
+        for n in self.windows:
+            if min(y.sizes[d] for d in spatial) < n:
+                raise ValueError(f"FSS window {n} is larger than the grid {[y.sizes[d] for d in spatial]}")
+            count = _neighbourhood_fraction(valid.astype(float), xr.DataArray(1.0), n, spatial)
+            pf = _neighbourhood_fraction(probability, count, n, spatial)
+            po = _neighbourhood_fraction(events, count, n, spatial)
+            reduce = [d for d in pf.dims if d not in (LEAD_TIME, THRESHOLD)]
+            reference = (pf**2 + po**2).sum(reduce)
+            per_scale.append(1.0 - ((pf - po) ** 2).sum(reduce) / reference.where(reference > 0))
+        fss = xr.concat(
+            per_scale, dim=pd.Index(list(self.windows), name=SCALE), coords="minimal", join="exact"
+        )
+        return _finish({"fss": _named(fss, "fractions skill score", "1")}, valid)
+
+
+@dataclass(frozen=True)
+class Brier:
+    """Brier score (Brier 1950) of the ensemble exceedance probability (fraction of members ``>=``).
+
+    The plain (not fair) score of the probability the ensemble issues, from
+    ``scores.probability.brier_score_for_ensemble(fair_correction=False)``. Variable ``brier``, dims
+    ``lead_time, threshold``.
+    """
+
+    thresholds: Sequence[float]
+    ensemble_dim: str = MEMBER
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "thresholds", _thresholds(self.thresholds))
+
+    def compute(self, forecast: xr.DataArray, truth: xr.DataArray) -> xr.Dataset:
+        fc, y, valid = _prepare(forecast, truth, self.ensemble_dim)
+        brier = brier_score_for_ensemble(
+            fc,
+            y,
+            self.ensemble_dim,
+            list(self.thresholds),
+            reduce_dims=_reduce_dims(y),
+            fair_correction=False,
+        )
+        return _finish({"brier": _named(brier, "Brier score of the exceedance probability", "1")}, valid)
+
+
+@dataclass(frozen=True)
+class Reliability:
+    """Reliability diagram data for the ensemble exceedance probability.
+
+    Probabilities fall in ``bins`` equal bins of [0, 1], left-closed, the last also right-closed; the
+    ``bin`` coordinate is the bin centre. Variables ``reliability_forecast_probability`` (mean forecast
+    probability in the bin), ``reliability_observed_frequency`` and ``reliability_count`` (points), dims
+    ``lead_time, threshold, bin``; empty bins are NaN with count 0.
+    """
+
+    thresholds: Sequence[float]
+    bins: int = 10
+    ensemble_dim: str = MEMBER
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "thresholds", _thresholds(self.thresholds))
+        if self.bins < 1:
+            raise ValueError(f"bins must be positive; got {self.bins}")
+
+    def compute(self, forecast: xr.DataArray, truth: xr.DataArray) -> xr.Dataset:
+        fc, y, valid = _prepare(forecast, truth, self.ensemble_dim)
+        reduce = _reduce_dims(y)
+        thresholds = _threshold_coord(self.thresholds)
+        probability = _exceedance_probability(fc, thresholds, self.ensemble_dim)
+        events = (y >= thresholds).where(valid)
+        # The 1e-9 keeps k/M that land on a bin edge in the bin above despite rounding (0.3 * 10 = 2.99..).
+        index = np.clip(np.floor(probability * self.bins + 1e-9), 0, self.bins - 1)
+        centres = (np.arange(self.bins) + 0.5) / self.bins
+        bins = xr.DataArray(np.arange(self.bins), dims=BIN, coords={BIN: centres})
+        in_bin = index == bins
+        return _finish(
+            {
+                "reliability_forecast_probability": _named(
+                    probability.where(in_bin).mean(reduce), "mean forecast probability in bin", "1"
+                ),
+                "reliability_observed_frequency": _named(
+                    events.where(in_bin).mean(reduce), "observed relative frequency in bin", "1"
+                ),
+                "reliability_count": _named(in_bin.sum(reduce).astype(np.int64), "points in bin", "1"),
+            },
+            valid,
+        )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Spectra
+# --------------------------------------------------------------------------------------------------------
+
+
+def _radial_power(a: np.ndarray) -> np.ndarray:
+    """Radially averaged power spectrum over the last two axes, wavenumbers 1..max(ny, nx) // 2.
+
+    Power is ``|FFT|^2 / (ny nx)`` (so white noise of variance s^2 has power s^2 at every wavenumber),
+    averaged over each annulus ``round(|k|) = const`` with k in cycles per domain of the longer side.
+    """
+    ny, nx = a.shape[-2:]
+    n = max(ny, nx)
+    power = np.abs(np.fft.fft2(a)) ** 2 / (ny * nx)
+    k = np.rint(np.hypot(*np.meshgrid(np.fft.fftfreq(ny) * n, np.fft.fftfreq(nx) * n, indexing="ij")))
+    k = k.astype(int).ravel()
+    keep = np.flatnonzero((k >= 1) & (k <= n // 2))
+    order = keep[np.argsort(k[keep], kind="stable")]
+    counts = np.bincount(k[order], minlength=n // 2 + 1)[1:]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    sums = np.add.reduceat(power.reshape(*power.shape[:-2], -1)[..., order], starts, axis=-1)
+    return sums / counts
+
+
+def _power_spectrum(field: xr.DataArray, spatial: tuple[str, str]) -> xr.DataArray:
+    n = max(field.sizes[d] for d in spatial)
+    wavenumber = np.arange(1, n // 2 + 1)
+    power = xr.apply_ufunc(
+        _radial_power,
+        field,
+        input_core_dims=[list(spatial)],
+        output_core_dims=[[WAVENUMBER]],
+        exclude_dims=set(spatial),
+        dask="parallelized",
+        output_dtypes=[float],
+        dask_gufunc_kwargs={"allow_rechunk": True, "output_sizes": {WAVENUMBER: n // 2}},
+    )
+    power = power.assign_coords({WAVENUMBER: wavenumber / n, "wavelength": (WAVENUMBER, n / wavenumber)})
+    power[WAVENUMBER].attrs = {"long_name": "radial wavenumber", "units": "cycles per grid point"}
+    power["wavelength"].attrs = {"long_name": "wavelength", "units": "grid points"}
+    return power
+
+
+@dataclass(frozen=True)
+class PowerSpectrum:
+    """Radially averaged power spectra of the members and of the truth, to show blurry forecasts.
+
+    Masked points (NaN truth or member) are set to 0 in both fields before the FFT, so both spectra see
+    the same gaps. Forecast power is averaged over members and init times. Variables ``power_forecast``
+    and ``power_truth`` (truth units squared), dims ``lead_time, wavenumber``.
+    """
+
+    ensemble_dim: str = MEMBER
+
+    def compute(self, forecast: xr.DataArray, truth: xr.DataArray) -> xr.Dataset:
+        fc, y, valid = _prepare(forecast, truth, self.ensemble_dim)
+        spatial = _spatial_dims(y)
+        units = f"({_units(truth)})^2"
+        power = {}
+        for name, source in (("power_forecast", fc), ("power_truth", y)):
+            spectrum = _power_spectrum(source.fillna(0.0), spatial)
+            reduce = [d for d in spectrum.dims if d not in (LEAD_TIME, WAVENUMBER)]
+            power[name] = _named(spectrum.mean(reduce), f"radially averaged {name[6:]} power", units)
+        return _finish(power, valid)
+
+
+# --------------------------------------------------------------------------------------------------------
+# All scores of a forecast dataset
+# --------------------------------------------------------------------------------------------------------
+
+
+def default_metrics(
+    *,
+    thresholds: Sequence[float] = (),
+    pools: Sequence[int] = (1, 4, 16),
+    fss_windows: Sequence[int] = (5,),
+    ensemble_dim: str = MEMBER,
+) -> tuple[Metric, ...]:
+    """The metrics ``score_all`` runs; threshold scores only when ``thresholds`` are given."""
+    metrics: list[Metric] = [
+        CRPS(fair=True, ensemble_dim=ensemble_dim),
+        CRPS(fair=False, ensemble_dim=ensemble_dim),
+        RMSE(ensemble_dim),
+        MAE(ensemble_dim),
+        Bias(ensemble_dim),
+        SpreadSkill(ensemble_dim),
+        RankHistogram(ensemble_dim=ensemble_dim),
+        PowerSpectrum(ensemble_dim),
+    ]
+    if thresholds:
+        metrics += [
+            Categorical(thresholds, pools, ensemble_dim),
+            FSS(thresholds, fss_windows, ensemble_dim),
+            Brier(thresholds, ensemble_dim),
+            Reliability(thresholds, ensemble_dim=ensemble_dim),
+        ]
+    return tuple(metrics)
+
+
+def score_all(
+    forecast: xr.Dataset,
+    truth: xr.Dataset,
+    *,
+    thresholds: Sequence[float] = (),
+    pools: Sequence[int] = (1, 4, 16),
+    fss_windows: Sequence[int] = (5,),
+    ensemble_dim: str = MEMBER,
+) -> xr.Dataset:
+    """Every metric for every forecast variable (those with ``ensemble_dim``).
+
+    Parameters
+    ----------
+    forecast : xr.Dataset
+        Members, dims ``(member, [init_time], lead_time, y, x)``; variables without ``ensemble_dim``
+        (``<var>_mean``, ...) are ignored.
+    truth : xr.Dataset
+        Same variable names, dims of the forecast minus ``ensemble_dim``.
+    thresholds : sequence of float
+        Event thresholds (``>=``) in the variable's units; categorical, FSS, Brier and reliability scores
+        are computed only when given.
+    pools, fss_windows : sequence of int
+        Max-pool sizes of the categorical scores and FSS window sides, in grid points.
+    ensemble_dim : str
+        The member dim.
+
+    Returns
+    -------
+    xr.Dataset
+        One variable per score (``crps_fair``, ``crps``, ``rmse``, ``mae``, ``bias``, ``spread``, ``ssr``,
+        ``rank_histogram``, ``rank_count``, ``power_forecast``, ``power_truth``, ``n_points`` and with
+        thresholds ``csi``, ``pod``, ``far``, ``frequency_bias``, ``ets``, ``fss``, ``brier``,
+        ``reliability_*``), named ``<var>_<score>`` when the forecast holds several variables. Dims
+        ``lead_time`` plus ``threshold``, ``pool``, ``scale``, ``rank``, ``bin``, ``wavenumber`` where
+        they apply.
+    """
+    names = [str(n) for n, v in forecast.data_vars.items() if ensemble_dim in v.dims]
+    if not names:
+        raise ValueError(f"forecast holds no variable with a {ensemble_dim!r} dim")
+    missing = [n for n in names if n not in truth.data_vars]
+    if missing:
+        raise ValueError(f"truth lacks the forecast variables {missing}")
+    metrics = default_metrics(
+        thresholds=thresholds, pools=pools, fss_windows=fss_windows, ensemble_dim=ensemble_dim
+    )
+    out: dict[str, xr.DataArray] = {}
+    for name in names:
+        # Every metric returns the same n_points, so compat="override" loses nothing.
+        ds = xr.merge(
+            [m.compute(forecast[name], truth[name]) for m in metrics],
+            compat="override",
+            join="exact",
+            combine_attrs="override",
+        )
+        prefix = f"{name}_" if len(names) > 1 else ""
+        out.update({f"{prefix}{var}": ds[var] for var in ds.data_vars})
+    result = xr.Dataset(out)
+    result.attrs = {"references": REFERENCES, "ensemble_dim": ensemble_dim}
+    return result
+
+
+def combine_systems(results: Mapping[str, xr.Dataset]) -> xr.Dataset:
+    """Concatenate ``score_all`` results of several systems along a ``system`` dim.
+
+    A score that one system lacks is NaN for it (e.g. a baseline scored without thresholds).
+    """
+    if not results:
+        raise ValueError("give at least one system")
+    systems = pd.Index(list(results), name=SYSTEM)
+    combined = xr.concat(
+        list(results.values()),
+        dim=systems,
+        data_vars="all",
+        coords="different",
+        compat="equals",
+        join="outer",
+        combine_attrs="override",
+    )
+    return combined.transpose(SYSTEM, ...)

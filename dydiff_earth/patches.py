@@ -1,0 +1,244 @@
+"""Training windows and crops (`WindowStream`); inference tiles and their blending weights.
+
+Not to be confused with a *sampler*, which in this codebase means the reverse diffusion process only.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import IterableDataset, get_worker_info
+
+from dydiff_earth.data import Fields, load_frames, window_starts
+from dydiff_earth.errors import InputError
+
+#: Rain-weighted crops: a pixel is rainy at or above this rate, in the variable's units (mm h-1 for
+#: radar; the usual "rain / no rain" threshold of nowcasting verification).
+RAIN_THRESHOLD = 0.1
+#: Candidate crops drawn per sample before giving up and taking the rainiest one.
+RAIN_CANDIDATES = 8
+#: Acceptance probability of a dry candidate: dry scenes stay in the training set, just rarer.
+RAIN_MIN_ACCEPT = 0.05
+#: Rainy-pixel fraction at (and above) which a candidate is always accepted.
+RAIN_FULL_FRACTION = 0.1
+
+
+def _shard() -> tuple[int, int]:
+    """This process's shard index and the shard count over distributed ranks x DataLoader workers."""
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    else:
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    info = get_worker_info()
+    worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+    return rank * workers + worker, world * workers
+
+
+class WindowStream(IterableDataset):
+    """Random (window, crop) samples of ``context + horizon`` consecutive frames, for training.
+
+    Sample ``i`` of the global stream draws everything from ``numpy.random.default_rng([seed, i])``
+    and is produced by shard ``i % n_shards``, where shards are (distributed rank, DataLoader worker)
+    pairs; so the union over shards is exactly the single-process stream, without duplicates. Each
+    sample reads only the chunks under its window and crop.
+
+    Parameters
+    ----------
+    fields : Fields
+        From `dydiff_earth.data.open_fields`.
+    context, horizon : int
+        Frames given to and predicted by the model; a window holds ``S = context + horizon`` frames,
+        all within one time segment.
+    patch : int or None
+        Side of the square crop in grid cells; None for the full grid.
+    seed : int
+        Base seed of the stream.
+    rain_weighted : bool
+        Favour crops with precipitation: up to `RAIN_CANDIDATES` candidates are drawn and one is
+        accepted with probability ``q + (1 - q) * min(1, f / RAIN_FULL_FRACTION)``, where
+        ``q = RAIN_MIN_ACCEPT`` and ``f`` is the fraction of pixels of the last context frame at or
+        above `RAIN_THRESHOLD` in any log1p channel (compared in normalised units); if none is
+        accepted, the rainiest candidate is kept.
+        An importance-sampling scheme in the spirit of Ravuri et al. (2021, DGMR).
+    starts : sequence of int, optional
+        Allowed window starts (e.g. a split by time); those whose window would cross a gap are dropped.
+    length : int, optional
+        Samples in the whole (all-shard) stream; None for an infinite stream.
+    start_index : int
+        Global index of the first sample, so that a resumed training run continues the same stream.
+
+    Yields
+    ------
+    dict
+        ``frames``: float32 tensor ``(S, C, P, P)`` normalised, NaN replaced by 0; ``valid``: float32
+        ``(S, 1, P, P)``, 1 where every channel is finite; ``start``, ``y0``, ``x0``: int offsets of
+        the window (time index) and crop (grid cells).
+    """
+
+    def __init__(
+        self,
+        fields: Fields,
+        context: int,
+        horizon: int,
+        patch: int | None,
+        *,
+        seed: int = 0,
+        rain_weighted: bool = False,
+        starts: Sequence[int] | None = None,
+        length: int | None = None,
+        start_index: int = 0,
+    ) -> None:
+        super().__init__()
+        if context < 1 or horizon < 0:
+            raise InputError(f"context ({context}) must be >= 1 and horizon ({horizon}) >= 0")
+        self.fields = fields
+        self.context = context
+        self.horizon = horizon
+        self.seed = seed
+        self.length = length
+        self.start_index = start_index
+        self.window = context + horizon
+        self.starts = self._allowed_starts(starts)
+        ny, nx = fields.shape
+        if patch is not None and (patch < 1 or patch > min(ny, nx)):
+            raise InputError(f"patch {patch} does not fit the grid {ny}x{nx}; choose 1..{min(ny, nx)}")
+        self.size = (ny, nx) if patch is None else (patch, patch)
+        self.rain_channels = [c for c, s in enumerate(fields.variables) if s.transform == "log1p"]
+        if rain_weighted and not self.rain_channels:
+            raise InputError("rain_weighted needs a precipitation-like (log1p) variable; turn it off")
+        self.rain_weighted = rain_weighted
+        # The threshold in each rain channel's normalised units, so crops are judged on loaded values.
+        self.rain_levels = np.array(
+            [(math.log1p(RAIN_THRESHOLD) - s.mean) / s.std for s in fields.variables], dtype=np.float32
+        )
+
+    def _allowed_starts(self, starts: Sequence[int] | None) -> np.ndarray:
+        valid = window_starts(self.fields, self.window)
+        if starts is None:
+            return np.asarray(valid)
+        kept = np.intersect1d(np.asarray(starts, dtype=int), valid)
+        if kept.size == 0:
+            raise InputError(
+                f"none of the {len(starts)} given window starts begins {self.window} consecutive frames "
+                "inside one segment; widen the time split"
+            )
+        return kept
+
+    def __len__(self) -> int:
+        if self.length is None:
+            raise TypeError("an infinite WindowStream has no length")
+        return self.length
+
+    def __iter__(self) -> Iterator[dict]:
+        shard, n_shards = _shard()
+        i = self.start_index + shard
+        while self.length is None or i < self.start_index + self.length:
+            yield self.sample(i)
+            i += n_shards
+
+    def _draw(self, rng: np.random.Generator) -> tuple[int, int, int]:
+        ny, nx = self.fields.shape
+        start = int(self.starts[rng.integers(len(self.starts))])
+        y0 = int(rng.integers(ny - self.size[0] + 1))
+        x0 = int(rng.integers(nx - self.size[1] + 1))
+        return start, y0, x0
+
+    def _rain_fraction(self, start: int, y0: int, x0: int) -> float:
+        t = start + self.context - 1
+        frame = load_frames(
+            self.fields, slice(t, t + 1), slice(y0, y0 + self.size[0]), slice(x0, x0 + self.size[1])
+        )[0, self.rain_channels]
+        wet = (frame >= self.rain_levels[self.rain_channels, None, None]).any(axis=0)
+        return float(wet.mean())
+
+    def _choose(self, rng: np.random.Generator) -> tuple[int, int, int]:
+        if not self.rain_weighted:
+            return self._draw(rng)
+        best, best_fraction = None, -1.0
+        for _ in range(RAIN_CANDIDATES):
+            candidate = self._draw(rng)
+            fraction = self._rain_fraction(*candidate)
+            accept = RAIN_MIN_ACCEPT + (1 - RAIN_MIN_ACCEPT) * min(1.0, fraction / RAIN_FULL_FRACTION)
+            if rng.random() < accept:
+                return candidate
+            if fraction > best_fraction:
+                best, best_fraction = candidate, fraction
+        assert best is not None
+        return best
+
+    def sample(self, i: int) -> dict:
+        """Sample ``i`` of the global stream (a pure function of ``seed`` and ``i``)."""
+        rng = np.random.default_rng([self.seed, i])
+        start, y0, x0 = self._choose(rng)
+        frames = load_frames(
+            self.fields,
+            slice(start, start + self.window),
+            slice(y0, y0 + self.size[0]),
+            slice(x0, x0 + self.size[1]),
+        )
+        finite = np.isfinite(frames)
+        valid = finite.all(axis=1, keepdims=True).astype(np.float32)
+        return {
+            "frames": torch.from_numpy(np.where(finite, frames, np.float32(0))),
+            "valid": torch.from_numpy(valid),
+            "start": start,
+            "y0": y0,
+            "x0": x0,
+        }
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Starts of tiles covering ``[0, length)``: evenly spread, at most ``tile - overlap`` apart.
+
+    The first tile starts at 0 and the last ends flush with ``length``; ``tile >= length`` gives ``[0]``.
+    """
+    if tile < 1 or not 0 <= overlap < tile:
+        raise InputError(f"tile ({tile}) must be positive and overlap ({overlap}) in [0, tile)")
+    if tile >= length:
+        return [0]
+    step = tile - overlap
+    n = math.ceil((length - tile) / step) + 1
+    # Even spacing (length - tile) / (n - 1) <= step; rounding keeps every gap <= step, an integer.
+    return sorted({round(k * (length - tile) / (n - 1)) for k in range(n)})
+
+
+def _ramp(n: int, overlap: int) -> np.ndarray:
+    """Raised-cosine rise over ``overlap`` cells at both ends of ``n``, 1 between; > 0 everywhere."""
+    i = np.arange(n, dtype=np.float64)
+    if overlap == 0:
+        return np.ones(n)
+    edge = np.minimum(i, n - 1 - i) + 0.5  # distance to the nearer edge, in cells (half-cell centred)
+    return np.where(edge < overlap, 0.5 - 0.5 * np.cos(np.pi * np.minimum(edge / overlap, 1.0)), 1.0)
+
+
+def blend_weight(height: int, width: int, overlap: int) -> np.ndarray:
+    """Weight of each cell of a tile when overlapping tiles are averaged.
+
+    Parameters
+    ----------
+    height, width : int
+        Tile shape in grid cells.
+    overlap : int
+        Cells over which the weight rises at each edge (raised cosine); 0 gives all ones.
+
+    Returns
+    -------
+    np.ndarray
+        float32, dims ``(height, width)``, strictly positive, 1 in the interior.
+    """
+    return np.outer(_ramp(height, overlap), _ramp(width, overlap)).astype(np.float32)
+
+
+def tiles(shape: tuple[int, int], tile: int, overlap: int) -> list[tuple[slice, slice]]:
+    """All ``(y, x)`` windows of tiles of side ``tile`` (clipped to the grid) covering ``shape``."""
+    ny, nx = shape
+    return [
+        (slice(y0, y0 + min(tile, ny)), slice(x0, x0 + min(tile, nx)))
+        for y0 in tile_starts(ny, tile, overlap)
+        for x0 in tile_starts(nx, tile, overlap)
+    ]

@@ -1,0 +1,386 @@
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import dask
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+import zarr
+import zarr.storage
+
+from dydiff_earth import io
+from dydiff_earth.data import (
+    NORMALISATION_ATTR,
+    Segment,
+    VariableSpec,
+    denormalize,
+    load_frames,
+    normalize,
+    open_fields,
+    parse_time_range,
+    prepare,
+    window_starts,
+)
+from dydiff_earth.errors import InputError
+
+
+def make_ds(
+    nt: int = 6,
+    ny: int = 4,
+    nx: int = 5,
+    *,
+    name: str = "precip",
+    units: str = "mm h-1",
+    start: str = "2020-01-01",
+    freq: str = "5min",
+    seed: int = 0,
+) -> xr.Dataset:
+    """Tiny CF dataset: rain-like values (gamma, some zeros) on a y/x grid with a ``crs`` variable."""
+    rng = np.random.default_rng(seed)
+    values = (rng.gamma(0.5, 2.0, (nt, ny, nx)) * (rng.random((nt, ny, nx)) > 0.3)).astype(np.float32)
+    attrs = {"units": units, "long_name": "test field", "grid_mapping": "crs"}
+    return xr.Dataset(
+        {
+            name: (("time", "y", "x"), values, attrs),
+            "crs": ((), np.int32(0), {"grid_mapping_name": "transverse_mercator"}),
+        },
+        coords={
+            "time": pd.date_range(start, periods=nt, freq=freq),
+            "y": ("y", np.arange(ny) * 1000.0, {"standard_name": "projection_y_coordinate", "units": "m"}),
+            "x": ("x", np.arange(nx) * 1000.0, {"standard_name": "projection_x_coordinate", "units": "m"}),
+        },
+    )
+
+
+@contextlib.contextmanager
+def raise_if_dask_computes() -> Iterator[None]:
+    """Fail on any dask compute inside the block (as in xarray's own tests)."""
+
+    def scheduler(dsk: object, keys: object, **kwargs: object) -> None:
+        raise AssertionError("dask computed inside a block that must stay lazy")
+
+    with dask.config.set(scheduler=scheduler):
+        yield
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+def test_missing_path(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        open_fields(tmp_path / "nope.nc")
+
+
+def test_glob_matching_nothing(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no files match"):
+        open_fields(str(tmp_path / "*.nc"))
+
+
+def test_unknown_format(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("not a dataset")
+    with pytest.raises(InputError, match="unknown format"):
+        open_fields(path)
+
+
+def test_misspelled_variable_lists_available(tmp_path: Path) -> None:
+    make_ds().to_netcdf(tmp_path / "a.nc")
+    with pytest.raises(InputError, match=r"'precp' not found; did you mean 'precip'\? available: precip"):
+        open_fields(tmp_path / "a.nc", ["precp"])
+
+
+def test_no_time_dim(tmp_path: Path) -> None:
+    make_ds().rename({"time": "step"}).to_netcdf(tmp_path / "a.nc")
+    with pytest.raises(InputError, match="no time dim"):
+        open_fields(tmp_path / "a.nc")
+
+
+def test_no_spatial_dims(tmp_path: Path) -> None:
+    make_ds().rename({"y": "a", "x": "b"}).drop_vars(["a", "b"]).to_netcdf(tmp_path / "a.nc")
+    with pytest.raises(InputError, match="no spatial dims"):
+        open_fields(tmp_path / "a.nc")
+
+
+def test_spatial_dims_from_cf_marks(tmp_path: Path) -> None:
+    ds = make_ds().rename({"y": "northing", "x": "easting"})
+    ds["northing"].attrs = {"axis": "Y"}
+    ds.to_netcdf(tmp_path / "a.nc")
+    fields = open_fields(tmp_path / "a.nc")
+    # northing by its axis, easting by its standard_name (projection_x_coordinate).
+    assert (fields.y_dim, fields.x_dim) == ("northing", "easting") and fields.shape == (4, 5)
+
+
+@pytest.mark.parametrize(("order", "message"), [([0, 2, 1, 3], "not increasing"), ([0, 1, 1, 2], "twice")])
+def test_bad_time_order(tmp_path: Path, order: list[int], message: str) -> None:
+    make_ds().isel(time=order).to_netcdf(tmp_path / "a.nc")
+    with pytest.raises(InputError, match=message):
+        open_fields(tmp_path / "a.nc")
+
+
+def test_all_nan_variable(tmp_path: Path) -> None:
+    ds = make_ds()
+    ds["precip"][:] = np.nan
+    ds.to_netcdf(tmp_path / "a.nc")
+    with pytest.raises(InputError, match="'precip' is all NaN"):
+        open_fields(tmp_path / "a.nc")
+
+
+def test_too_few_frames_says_longest_segment(tmp_path: Path) -> None:
+    make_ds(nt=5).to_netcdf(tmp_path / "a.nc")
+    fields = open_fields(tmp_path / "a.nc")
+    assert window_starts(fields, 5) == [0]
+    with pytest.raises(InputError, match="needs 6 consecutive frames but the longest segment has 5"):
+        window_starts(fields, 6)
+
+
+def test_stats_with_other_units(tmp_path: Path) -> None:
+    make_ds().to_netcdf(tmp_path / "a.nc")
+    spec = VariableSpec("precip", "kg m-2 s-1", "log1p", 0.0, 1.0)
+    with pytest.raises(InputError, match="'mm h-1' but the model expects 'kg m-2 s-1'"):
+        open_fields(tmp_path / "a.nc", stats=[spec])
+
+
+@pytest.mark.parametrize("text", ["2020-01-01", "a:b", "2020-01-02:2020-01-01", "2020-13-01:"])
+def test_bad_time_range(text: str) -> None:
+    with pytest.raises(InputError):
+        parse_time_range(text)
+
+
+def test_time_range_with_colons_in_times() -> None:
+    assert parse_time_range("2020-01-01T00:05:00:2020-01-01T00:15") == slice(
+        "2020-01-01T00:05:00", "2020-01-01T00:15"
+    )
+    assert parse_time_range(":2020-01-02") == slice(None, "2020-01-02")
+
+
+# ------------------------------------------------------------------------------------- sources, time
+
+
+def _write_all(tmp_path: Path, ds: xr.Dataset) -> dict[str, object]:
+    """The same record as a zarr store, one NetCDF file, and three NetCDF files (glob and list)."""
+    io.write_zarr(ds.chunk({"time": 1}), tmp_path / "all.zarr")
+    ds.to_netcdf(tmp_path / "all.nc")
+    parts = [tmp_path / f"part{k}.nc" for k in range(3)]
+    for k, part in enumerate(parts):
+        ds.isel(time=slice(2 * k, 2 * k + 2)).to_netcdf(part)
+    return {
+        "zarr": tmp_path / "all.zarr",
+        "netcdf": str(tmp_path / "all.nc"),
+        "glob": str(tmp_path / "part*.nc"),
+        "list": list(reversed(parts)),  # combined by coords, so file order does not matter
+    }
+
+
+def test_sources_agree(tmp_path: Path) -> None:
+    ds = make_ds(nt=6)
+    expected = None
+    for kind, source in _write_all(tmp_path, ds).items():
+        fields = open_fields(source)
+        assert fields.names == ("precip",), kind
+        assert fields.grid_mapping == "crs" and "crs" in fields.dataset.coords, kind
+        assert fields.segments == (Segment(0, 6),), kind
+        frames = load_frames(fields, slice(None))
+        assert frames.shape == (6, 1, 4, 5) and frames.dtype == np.float32, kind
+        if expected is None:
+            expected = frames
+        np.testing.assert_allclose(frames, expected, rtol=0, atol=1e-6, err_msg=kind)
+    # The normalised values are log1p-z-scores of the raw values.
+    spec = fields.variables[0]
+    raw = np.log1p(ds["precip"].values[:, None])
+    np.testing.assert_allclose(expected, (raw - spec.mean) / spec.std, rtol=1e-5, atol=1e-5)
+    assert abs(float(np.mean(expected))) < 1e-5  # z-scored over all 6 frames (< STATS_MAX_FRAMES)
+
+
+def test_segments_split_at_gaps(tmp_path: Path) -> None:
+    ds = xr.concat(
+        [make_ds(nt=4), make_ds(nt=3, start="2020-01-01T01:00")],
+        dim="time",
+        data_vars="minimal",
+        coords="minimal",
+        compat="override",
+        join="outer",
+    )
+    ds.to_netcdf(tmp_path / "a.nc")
+    fields = open_fields(tmp_path / "a.nc")
+    assert fields.time_step == np.timedelta64(5, "m")
+    assert fields.segments == (Segment(0, 4), Segment(4, 7))
+    assert window_starts(fields, 3) == [0, 1, 4]
+    assert window_starts(fields, 2, stride=2) == [0, 2, 4]
+
+
+def test_real_radar_segments(shared_data: Path) -> None:
+    fields = open_fields(shared_data / "radar_mch.nc")
+    assert fields.segments == (Segment(0, 40), Segment(40, 80), Segment(80, 120))
+    assert fields.time_step == np.timedelta64(5, "m")
+    assert fields.variables[0].transform == "log1p"
+    assert fields.grid_mapping == "crs" and fields.shape == (640, 710)
+    stored = json.loads(fields.dataset.attrs[NORMALISATION_ATTR])
+    assert [VariableSpec.from_dict(d) for d in stored] == list(fields.variables)
+
+
+def test_time_selection_and_descending_latitude(tmp_path: Path) -> None:
+    ds = make_ds(nt=6, units="K", name="t2m").rename({"y": "latitude", "x": "longitude"})
+    ds = ds.assign_coords(latitude=[58.0, 57.75, 57.5, 57.25], longitude=np.arange(5) * 0.25)
+    ds.to_netcdf(tmp_path / "a.nc")
+    fields = open_fields(tmp_path / "a.nc", time="2020-01-01T00:05:2020-01-01T00:15")
+    assert (fields.y_dim, fields.x_dim) == ("latitude", "longitude")
+    assert len(fields.times) == 3 and fields.times[0] == np.datetime64("2020-01-01T00:05")
+    np.testing.assert_array_equal(fields.dataset.latitude.values, [58.0, 57.75, 57.5, 57.25])
+    # First row of the array is the northernmost: no re-sorting.
+    expected = ds["t2m"].values[1, 0]
+    spec = fields.variables[0]
+    np.testing.assert_allclose(
+        load_frames(fields, slice(0, 1))[0, 0, 0], (expected - spec.mean) / spec.std, atol=1e-5
+    )
+
+
+# ------------------------------------------------------------------------------------------- laziness
+
+
+def test_given_stats_do_not_compute(tmp_path: Path) -> None:
+    make_ds().to_netcdf(tmp_path / "a.nc")
+    stats = open_fields(tmp_path / "a.nc").variables
+    with raise_if_dask_computes():
+        fields = open_fields(tmp_path / "a.nc", stats=stats)
+    assert fields.variables == stats
+
+
+def test_load_frames_reads_only_its_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    io.write_zarr(make_ds(nt=6).chunk({"time": 1}), tmp_path / "a.zarr")
+    stats = open_fields(tmp_path / "a.zarr").variables
+    fields = open_fields(tmp_path / "a.zarr", stats=stats)
+    reads: list[str] = []
+    original = zarr.storage.LocalStore.get
+
+    async def counting_get(
+        self: zarr.storage.LocalStore, key: str, *args: object, **kwargs: object
+    ) -> object:
+        reads.append(key)
+        return await original(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "get", counting_get)
+    frames = load_frames(fields, slice(3, 5), slice(1, 3))
+    assert frames.shape == (2, 1, 2, 5)
+    assert sorted(reads) == ["precip/c/3/0/0", "precip/c/4/0/0"]
+
+
+# -------------------------------------------------------------------------------------- normalisation
+
+
+def test_transform_choice(tmp_path: Path) -> None:
+    rain = make_ds(units="mm/h")
+    temperature = make_ds(name="t2m", units="K", seed=1)
+    flux = make_ds(name="pr", units="kg m**-2 s**-1", seed=2)
+    named = make_ds(name="rr", units="1", seed=3)
+    named["rr"].attrs["standard_name"] = "rainfall_amount"
+    xr.merge([rain, temperature, flux, named], compat="override", join="exact").to_netcdf(tmp_path / "a.nc")
+    fields = open_fields(tmp_path / "a.nc")
+    assert {s.name: s.transform for s in fields.variables} == {
+        "precip": "log1p",
+        "t2m": "none",
+        "pr": "log1p",
+        "rr": "log1p",
+    }
+    overridden = open_fields(tmp_path / "a.nc", ["t2m", "precip"], transforms={"precip": "none"})
+    assert overridden.names == ("t2m", "precip")
+    assert [s.transform for s in overridden.variables] == ["none", "none"]
+    with pytest.raises(InputError, match="unknown transform"):
+        open_fields(tmp_path / "a.nc", transforms={"precip": "sqrt"})
+
+
+def test_normalize_round_trip() -> None:
+    specs = [
+        VariableSpec("precip", "mm h-1", "log1p", 0.3, 0.7),
+        VariableSpec("t2m", "K", "none", 280.0, 5.0),
+    ]
+    rng = np.random.default_rng(0)
+    values = np.stack([rng.gamma(0.5, 3.0, (3, 4, 5)), 270 + 20 * rng.random((3, 4, 5))], axis=1)
+    values[0, 0, 0, 0] = np.nan
+    z = normalize(values, specs)
+    assert z.dtype == np.float32 and z.shape == values.shape
+    back = denormalize(z, specs)
+    np.testing.assert_allclose(back, values, rtol=1e-5, atol=1e-4)  # float32 precision
+    assert np.isnan(back[0, 0, 0, 0])
+    # Model outputs below the log1p image of 0 mean "no rain", never negative rain.
+    below = np.full((1, 2, 1, 1), -10.0, dtype=np.float32)
+    assert denormalize(below, specs)[0, 0, 0, 0] == 0.0
+
+
+def test_spec_dict_round_trip() -> None:
+    spec = VariableSpec("precip", "mm h-1", "log1p", 0.1, 0.5, (("units", "mm h-1"),))
+    assert VariableSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    with pytest.raises(InputError, match="unknown transform"):
+        VariableSpec.from_dict({**spec.to_dict(), "transform": "sqrt"})
+
+
+# ------------------------------------------------------------------------------------------- prepare
+
+
+def test_prepare_round_trip(tmp_path: Path) -> None:
+    ds = make_ds(nt=6)
+    ds["precip"].encoding = {"dtype": "int16", "scale_factor": 0.01, "_FillValue": -1}
+    ds.to_netcdf(tmp_path / "a.nc")
+    out = prepare(tmp_path / "a.nc", tmp_path / "out.zarr", time="2020-01-01T00:05:")
+    assert zarr.open_group(out).metadata.zarr_format == 3
+    before = open_fields(tmp_path / "a.nc", time="2020-01-01T00:05:")
+    after = open_fields(out)
+    assert after.names == before.names
+    for a, b in zip(after.variables, before.variables, strict=True):
+        assert (a.units, a.transform, a.attrs) == (b.units, b.transform, b.attrs)
+        # float32 on disk vs float64 decoded from int16: stats agree to float32 precision.
+        assert (a.mean, a.std) == pytest.approx((b.mean, b.std), rel=1e-6)
+    assert after.grid_mapping == "crs"
+    assert after.dataset["precip"].dtype == np.float32
+    assert after.dataset["precip"].data.chunksize == (1, 4, 5)
+    for name in ("precip", "x", "y", "crs"):
+        assert after.dataset[name].attrs == before.dataset[name].attrs, name
+    np.testing.assert_array_equal(after.times, before.times)
+    np.testing.assert_array_equal(
+        after.dataset["precip"].values, before.dataset["precip"].values.astype(np.float32)
+    )
+
+
+def test_coarsen_nan_rule(tmp_path: Path) -> None:
+    ds = make_ds(nt=2, ny=4, nx=5)
+    ds["precip"][:] = np.arange(20, dtype=np.float32).reshape(4, 5)
+    ds["precip"][1, 0, 3] = np.nan  # in the lower-left 2x2 block of frame 1 only
+    ds.to_netcdf(tmp_path / "a.nc")
+    out = prepare(tmp_path / "a.nc", tmp_path / "c.zarr", coarsen=2)
+    coarse = xr.open_zarr(out, consolidated=False)
+    # 4 x 5 cells in blocks of 2 -> 2 x 2, the last column trimmed; block means by hand.
+    expected = np.array(
+        [[(0 + 1 + 5 + 6) / 4, (2 + 3 + 7 + 8) / 4], [(10 + 11 + 15 + 16) / 4, (12 + 13 + 17 + 18) / 4]]
+    )
+    np.testing.assert_allclose(coarse["precip"].values[0], expected)
+    assert np.isnan(coarse["precip"].values[1, 0, 1])
+    assert np.isnan(coarse["precip"].values[1]).sum() == 1
+    np.testing.assert_allclose(coarse["x"].values, [500.0, 2500.0])
+
+
+def test_prepare_real_radar_coarse(shared_data: Path, tmp_path: Path) -> None:
+    source = shared_data / "radar_mch.nc"
+    window = "2015-05-15T15:45:2015-05-15T15:55"
+    out = prepare(source, tmp_path / "mch.zarr", coarsen=8, time=window)
+    fields = open_fields(out)
+    assert fields.shape == (80, 88) and len(fields.times) == 3
+    assert fields.grid_mapping == "crs" and "crs_wkt" in fields.dataset["crs"].attrs
+    assert fields.dataset["precip"].attrs["grid_mapping"] == "crs"
+    assert (
+        fields.dataset["lat"].dims == ("y", "x") and fields.dataset["lat"].attrs["units"] == "degrees_north"
+    )
+    with xr.open_dataset(source) as fine:
+        np.testing.assert_allclose(
+            fields.dataset["lat"].values[0, 0], fine["lat"].values[:8, :8].mean(), rtol=1e-6
+        )
+        partial = fine["precip"].values[0, 0:8, 376:384]
+        wet = fine["precip"].values[0, 80:88, 536:544]
+    # Coarse cell (0, 47) has NaN and finite fine cells (edge of radar coverage); (10, 67) is all rainy.
+    assert np.isnan(partial).any() and np.isfinite(partial).any()
+    assert np.isnan(fields.dataset["precip"].values[0, 0, 47])
+    np.testing.assert_allclose(fields.dataset["precip"].values[0, 10, 67], wet.mean(), rtol=1e-5)
+    assert wet.mean() > 0.5

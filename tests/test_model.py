@@ -1,0 +1,146 @@
+"""The video UNet and its conditioning wrapper: shapes, initial output, sizes, gradients, and overfitting."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from dydiff_earth.config import DiffusionConfig, preset
+from dydiff_earth.diffusion import diffusion_loss, make_schedule
+from dydiff_earth.errors import InputError
+from dydiff_earth.model import ConditionedDenoiser, VideoUNet
+
+
+def count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def randomise_zero_layers(module: nn.Module, seed: int = 0) -> None:
+    """Give zero-initialised weights small random values, so every path of the network carries signal."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if not p.any():
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+
+
+def window(b: int, s: int, c: int, h: int, w: int, seed: int = 0) -> Tensor:
+    return torch.randn(b, s, c, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def test_output_shape_and_zero_initial_output() -> None:
+    torch.manual_seed(0)
+    net = ConditionedDenoiser(preset("tiny"), channels=2, context=4)
+    assert net.net.in_channels == 2 * 2 + 3
+    x = window(2, 6, 2, 16, 16)
+    out = net(x, torch.tensor([3, 700]), x[:, :4])
+    assert out.shape == x.shape and torch.equal(out, torch.zeros_like(out))
+
+
+def test_any_frame_count_and_larger_grid() -> None:
+    torch.manual_seed(0)
+    net = ConditionedDenoiser(preset("tiny"), channels=1, context=4)
+    randomise_zero_layers(net)
+    x = window(1, 10, 1, 32, 32)
+    out = net(x, torch.tensor([10]), x[:, :4])
+    assert out.shape == (1, 10, 1, 32, 32) and bool(out.isfinite().all())
+
+
+def test_parameter_counts_per_preset() -> None:
+    counts = {
+        name: count(ConditionedDenoiser(preset(name), channels=1, context=4)) for name in ("tiny", "small")
+    }
+    assert counts["tiny"] < 1_000_000
+    assert 1_000_000 < counts["small"] < 10_000_000
+    paper = count(VideoUNet(preset("paper"), in_channels=5, out_channels=1))
+    assert 30_000_000 < paper < 80_000_000
+
+
+def test_gradient_reaches_every_parameter() -> None:
+    torch.manual_seed(0)
+    net = ConditionedDenoiser(preset("tiny"), channels=1, context=2)
+    randomise_zero_layers(net)
+    x = window(2, 4, 1, 8, 8)
+    net(x, torch.tensor([5, 500]), x[:, :2]).square().mean().backward()
+    missing = [name for name, p in net.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not missing
+
+
+def test_frames_interact_in_both_directions() -> None:
+    # The temporal layers are bidirectional: the last frame informs the first and vice versa.
+    torch.manual_seed(0)
+    net = ConditionedDenoiser(preset("tiny"), channels=1, context=2)
+    randomise_zero_layers(net)
+    net.eval()
+    x, t = window(1, 5, 1, 8, 8), torch.tensor([100])
+    base = net(x, t, x[:, :2])
+    for changed, watched in ((4, 0), (0, 4)):
+        y = x.clone()
+        y[:, changed] += 1.0
+        assert not torch.allclose(net(y, t, x[:, :2])[:, watched], base[:, watched], atol=1e-6)
+
+
+def test_valid_none_is_all_ones_and_bad_shapes_raise() -> None:
+    torch.manual_seed(0)
+    net = ConditionedDenoiser(preset("tiny"), channels=1, context=2)
+    randomise_zero_layers(net)
+    x, t = window(1, 4, 1, 8, 8), torch.tensor([100])
+    torch.testing.assert_close(net(x, t, x[:, :2]), net(x, t, x[:, :2], torch.ones(1, 4, 1, 8, 8)))
+    with pytest.raises(InputError):
+        net(x, t, x[:, :3])
+    with pytest.raises(InputError):
+        net(window(1, 4, 1, 9, 8), t, window(1, 2, 1, 9, 8))
+
+
+def fixed_window() -> Tensor:
+    """One smooth window: a Gaussian blob moving across a 16x16 grid over 6 frames, z-scored."""
+    y, x = torch.meshgrid(torch.linspace(-1, 1, 16), torch.linspace(-1, 1, 16), indexing="ij")
+    frames = torch.stack([torch.exp(-((x + 0.6 - 0.2 * s) ** 2 + y**2) / 0.1) for s in range(6)])[:, None]
+    return ((frames - frames.mean()) / frames.std())[None]
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Run single-threaded: tiny convolutions gain nothing from threads and suffer on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("gamma_ratio", [0.5, 0.0])
+def test_tiny_model_overfits_one_window(gamma_ratio: float) -> None:
+    # Deterministic: seeded initialisation, training draws and evaluation draws. The evaluation loss starts
+    # near 1 (a zero prediction of unit noise); it must fall 10x within 150 Adam steps (50 suffice here).
+    torch.manual_seed(0)
+    cfg = DiffusionConfig(gamma_ratio=gamma_ratio)
+    schedule = make_schedule(cfg)
+    net = ConditionedDenoiser(preset("tiny"), channels=1, context=4)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    train, held = fixed_window().expand(4, -1, -1, -1, -1), fixed_window().expand(16, -1, -1, -1, -1)
+
+    def evaluate() -> float:
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(123)
+            return diffusion_loss(
+                net, held, context=held[:, :4], schedule=schedule, cfg=cfg, generator=g
+            ).item()
+
+    start, g, losses = evaluate(), torch.Generator().manual_seed(1), []
+    for step in range(1, 151):
+        loss = diffusion_loss(net, train, context=train[:, :4], schedule=schedule, cfg=cfg, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 25 == 0:
+            losses.append(evaluate())
+            if losses[-1] < start / 10:
+                break
+    assert 0.5 < start < 2 and losses[-1] < start / 10, (start, losses)

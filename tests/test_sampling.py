@@ -1,0 +1,196 @@
+"""DDIM for Dynamical Diffusion: step spacing, an oracle denoiser, anchoring, injected noise, brute force."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor
+
+from dydiff_earth.config import DiffusionConfig
+from dydiff_earth.diffusion import (
+    Denoiser,
+    Schedule,
+    make_schedule,
+    temporal_mix,
+    temporal_unmix,
+    theta_bar_at,
+)
+from dydiff_earth.errors import InputError
+from dydiff_earth.sampling import ddim_timesteps, sample_ddim
+
+P, SHAPE = 3, (2, 5, 2, 4, 4)
+
+
+def test_ddim_timesteps_reference_spacing() -> None:
+    assert ddim_timesteps(1000, 50) == list(range(981, 0, -20))
+    assert ddim_timesteps(1000, 1) == [1]
+    assert ddim_timesteps(1000, 2) == [501, 1]
+    assert ddim_timesteps(1000, 1000) == list(range(999, -1, -1))
+    for steps in (3, 7, 10, 333, 999):
+        ts = ddim_timesteps(1000, steps)
+        assert len(ts) == steps and ts[-1] in (0, 1) and ts[0] < 1000
+        assert ts == sorted(set(ts), reverse=True)
+    assert ddim_timesteps(1000, 50, "trailing")[:2] == [999, 979]
+    assert ddim_timesteps(1000, 1, "trailing") == [999]
+    with pytest.raises(InputError):
+        ddim_timesteps(1000, 0)
+
+
+def oracle(x0: Tensor, schedule: Schedule) -> Denoiser:
+    """The exact noise predictor for a known clean window: ``D((D^-1(x) - sqrt(ab) x0) / sqrt(1 - ab))``."""
+
+    def denoise(x: Tensor, t: Tensor, context: Tensor) -> Tensor:
+        ab = schedule.alpha_bar[t.cpu()].to(x.dtype)[:, None, None, None, None]
+        theta = theta_bar_at(schedule, t)
+        return temporal_mix((temporal_unmix(x, theta) - ab.sqrt() * x0) / (1 - ab).sqrt(), theta)
+
+    return denoise
+
+
+@pytest.mark.parametrize("gamma_ratio", [0.0, 0.5])
+@pytest.mark.parametrize("anchor", [True, False])
+@pytest.mark.parametrize("steps", [1, 2, 10, 50])
+def test_oracle_denoiser_recovers_the_clean_window(gamma_ratio: float, anchor: bool, steps: int) -> None:
+    schedule = make_schedule(DiffusionConfig(gamma_ratio=gamma_ratio))
+    g = torch.Generator().manual_seed(steps)
+    x0 = torch.randn(SHAPE, generator=g, dtype=torch.float64)
+    x_T = torch.randn(SHAPE, generator=g, dtype=torch.float64)
+    seen: list[int] = []
+    out = sample_ddim(
+        oracle(x0, schedule),
+        x_T,
+        ddim_timesteps(1000, steps),
+        context=x0[:, :P],
+        schedule=schedule,
+        anchor=anchor,
+        callback=lambda i, t, x0_hat: seen.append(t),
+    )
+    torch.testing.assert_close(out, x0, rtol=1e-8, atol=1e-8)
+    assert seen == ddim_timesteps(1000, steps)
+
+
+def test_oracle_in_float32_over_trailing_steps() -> None:
+    # Trailing spacing starts at t = 999 where sqrt(alpha_bar) ~ 2e-4 amplifies float32 rounding.
+    schedule = make_schedule(DiffusionConfig(gamma_ratio=0.5))
+    g = torch.Generator().manual_seed(0)
+    x0, x_T = torch.randn(SHAPE, generator=g), torch.randn(SHAPE, generator=g)
+    out = sample_ddim(
+        oracle(x0, schedule), x_T, ddim_timesteps(1000, 20, "trailing"), context=x0[:, :P], schedule=schedule
+    )
+    torch.testing.assert_close(out, x0, rtol=1e-3, atol=1e-3)
+
+
+def test_anchoring_returns_the_context_exactly() -> None:
+    schedule = make_schedule(DiffusionConfig(gamma_ratio=0.5))
+    g = torch.Generator().manual_seed(1)
+    context, x_T = torch.randn(2, P, 2, 4, 4, generator=g), torch.randn(SHAPE, generator=g)
+
+    def wrong(x: Tensor, t: Tensor, c: Tensor) -> Tensor:
+        return 0.7 * x
+
+    kwargs = {"context": context, "schedule": schedule}
+    anchored = sample_ddim(wrong, x_T, ddim_timesteps(1000, 10), **kwargs)
+    assert torch.equal(anchored[:, :P], context)
+    free = sample_ddim(wrong, x_T, ddim_timesteps(1000, 10), anchor=False, **kwargs)
+    assert not torch.allclose(free[:, :P], context, atol=1e-2)
+
+
+def test_sampler_never_calls_torch_randn(monkeypatch: pytest.MonkeyPatch) -> None:
+    schedule = make_schedule(DiffusionConfig(gamma_ratio=0.5))
+    g = torch.Generator().manual_seed(2)
+    x0, x_T = (
+        torch.randn(SHAPE, generator=g, dtype=torch.float64),
+        torch.randn(SHAPE, generator=g, dtype=torch.float64),
+    )
+
+    def forbidden(*args: object, **kwargs: object) -> Tensor:
+        raise AssertionError("the sampler must not draw its own noise")
+
+    monkeypatch.setattr(torch, "randn", forbidden)
+    monkeypatch.setattr(torch, "randn_like", forbidden)
+    timesteps = ddim_timesteps(1000, 10)
+    sample_ddim(oracle(x0, schedule), x_T, timesteps, context=x0[:, :P], schedule=schedule)
+    calls: list[tuple[int, ...]] = []
+
+    def injected(x: Tensor) -> Tensor:
+        calls.append(tuple(x.shape))
+        return torch.empty_like(x).normal_(generator=g)
+
+    out = sample_ddim(
+        oracle(x0, schedule),
+        x_T,
+        timesteps,
+        context=x0[:, :P],
+        schedule=schedule,
+        randn_like=injected,
+        eta=1.0,
+    )
+    assert calls == [SHAPE] * (len(timesteps) - 1)
+    torch.testing.assert_close(out, x0, rtol=1e-8, atol=1e-8)
+
+
+def brute_force_ddim(
+    denoise, x_T: Tensor, timesteps: list[int], context: Tensor, schedule: Schedule
+) -> Tensor:
+    """DDIM (eta = 0, no anchoring) written out as in the method note, with explicit mixing matrices."""
+
+    def matrix(t: int | None) -> Tensor:
+        w = 1.0 if t is None else float(schedule.theta_bar[t])
+        m = torch.zeros(x_T.shape[1], x_T.shape[1], dtype=torch.float64)
+        for s in range(x_T.shape[1]):
+            for j in range(s + 1):
+                m[s, j] = (1 - w) ** ((s - j) / 2) * (1.0 if j == 0 else math.sqrt(w))
+        return m
+
+    def mix(m: Tensor, x: Tensor) -> Tensor:
+        return torch.einsum("st,btchw->bschw", m, x)
+
+    x = mix(matrix(timesteps[0]), x_T)
+    for i, t in enumerate(timesteps):
+        a = float(schedule.alpha_bar[t])
+        t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else None
+        a_prev = 1.0 if t_prev is None else float(schedule.alpha_bar[t_prev])
+        inv = torch.linalg.inv(matrix(t))
+        e = denoise(x, torch.full((x.shape[0],), t), context)
+        x0_hat, eps_hat = mix(inv, (x - math.sqrt(1 - a) * e) / math.sqrt(a)), mix(inv, e)
+        x = math.sqrt(a_prev) * mix(matrix(t_prev), x0_hat) + math.sqrt(1 - a_prev) * mix(
+            matrix(t_prev), eps_hat
+        )
+    return x
+
+
+@pytest.mark.parametrize("gamma_ratio", [0.0, 0.5])
+def test_sampler_matches_brute_force_with_a_nonlinear_denoiser(gamma_ratio: float) -> None:
+    schedule = make_schedule(DiffusionConfig(gamma_ratio=gamma_ratio))
+    g = torch.Generator().manual_seed(3)
+    x_T, context = (
+        torch.randn(SHAPE, generator=g, dtype=torch.float64),
+        torch.randn(2, P, 2, 4, 4, generator=g, dtype=torch.float64),
+    )
+
+    def denoise(x: Tensor, t: Tensor, c: Tensor) -> Tensor:
+        return torch.tanh(x) + 1e-3 * t.double()[:, None, None, None, None] * c.mean()
+
+    timesteps = ddim_timesteps(1000, 5)
+    got = sample_ddim(denoise, x_T, timesteps, context=context, schedule=schedule, anchor=False)
+    torch.testing.assert_close(
+        got, brute_force_ddim(denoise, x_T, timesteps, context, schedule), rtol=1e-9, atol=1e-9
+    )
+
+
+def test_invalid_arguments_raise() -> None:
+    schedule = make_schedule(DiffusionConfig())
+    x_T, context = torch.zeros(SHAPE), torch.zeros(2, P, 2, 4, 4)
+
+    def zero(x: Tensor, t: Tensor, c: Tensor) -> Tensor:
+        return torch.zeros_like(x)
+
+    for timesteps in ([1, 21], [1000, 1], []):
+        with pytest.raises(InputError):
+            sample_ddim(zero, x_T, timesteps, context=context, schedule=schedule)
+    with pytest.raises(InputError):
+        sample_ddim(zero, x_T, [21, 1], context=context, schedule=schedule, eta=0.5)
+    with pytest.raises(InputError):
+        sample_ddim(zero, x_T, [21, 1], context=torch.zeros(2, P, 2, 4, 5), schedule=schedule)

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dydiff_earth import io, testing
+from dydiff_earth.config import DiffusionConfig, TrainConfig, preset
+from dydiff_earth.data import open_fields
+from dydiff_earth.errors import InputError
+from dydiff_earth.train import fit, split_starts
+
+CFG = TrainConfig(
+    context=2,
+    horizon=2,
+    patch=16,
+    batch_size=2,
+    steps=6,
+    checkpoint_every=3,
+    validate_every=3,
+    validation_fraction=0.25,
+    lr=1e-3,
+)
+
+
+@pytest.fixture(scope="module")
+def fields(tmp_path_factory: pytest.TempPathFactory):
+    path = io.write_zarr(
+        testing.tiny_field(frames=24, size=(16, 16)), tmp_path_factory.mktemp("t") / "f.zarr"
+    )
+    return open_fields(path)
+
+
+def test_split_keeps_validation_frames_out_of_training(fields) -> None:
+    train, val = split_starts(fields, 4, 0.25)
+    assert train and val
+    assert max(train) + 4 <= min(val)
+
+
+def test_checkpoint_round_trip_and_metadata(fields, tmp_path: Path) -> None:
+    result = fit(fields, preset("tiny"), DiffusionConfig(), CFG, tmp_path / "m.safetensors")
+    tensors, meta = io.load_checkpoint(result.checkpoint)
+    assert meta["step"] == 6 and meta["context"] == 2 and meta["horizon"] == 2
+    assert meta["variables"][0]["name"] == "precip" and meta["variables"][0]["transform"] == "log1p"
+    assert meta["time_step_seconds"] == 300
+    assert np.isfinite(meta["train_loss"]) and meta["validation_loss"] is not None
+    assert all(torch.isfinite(v).all() for v in tensors.values())
+
+
+def test_resume_continues_bit_identically(fields, tmp_path: Path) -> None:
+    full = fit(fields, preset("tiny"), DiffusionConfig(), CFG, tmp_path / "full.safetensors")
+    half = TrainConfig(**{**CFG.__dict__, "steps": 3})
+    fit(fields, preset("tiny"), DiffusionConfig(), half, tmp_path / "resumed.safetensors")
+    resumed = fit(
+        fields, preset("tiny"), DiffusionConfig(), CFG, tmp_path / "resumed.safetensors", resume=True
+    )
+    assert resumed.steps == 6
+    a, _ = io.load_checkpoint(full.checkpoint)
+    b, _ = io.load_checkpoint(resumed.checkpoint)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert resumed.train_loss == full.train_loss
+
+
+def test_resume_without_checkpoint_is_an_error(fields, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no checkpoint"):
+        fit(fields, preset("tiny"), DiffusionConfig(), CFG, tmp_path / "none.safetensors", resume=True)
+
+
+def test_a_pickle_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.safetensors"
+    path.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    with pytest.raises(InputError, match="pickles are never loaded"):
+        io.load_checkpoint(path)
+    truncated = tmp_path / "cut.safetensors"
+    io.save_checkpoint(truncated, {"w": torch.ones(100)}, {"x": 1})
+    truncated.write_bytes(truncated.read_bytes()[:-50])
+    with pytest.raises(InputError, match="not a dydiff-earth checkpoint"):
+        io.load_checkpoint(truncated)
+
+
+def test_plain_diffusion_through_the_same_code(fields, tmp_path: Path) -> None:
+    result = fit(fields, preset("tiny"), DiffusionConfig(gamma_ratio=0.0), CFG, tmp_path / "dpm.safetensors")
+    _, meta = io.load_checkpoint(result.checkpoint)
+    assert meta["diffusion"]["gamma_ratio"] == 0.0
