@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io as _stdio
+import warnings
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -62,8 +63,17 @@ def _pysteps(baseline: str) -> SimpleNamespace:
         raise InputError(
             f"baseline {baseline!r} needs OpenCV for Lucas-Kanade motion: pip install opencv-python-headless"
         )
+    lucas_kanade = motion.get_method("LK")
+
+    def quiet_motion(images: np.ndarray) -> np.ndarray:
+        # On smooth fields pysteps' outlier test finds too few vectors for a covariance and numpy warns
+        # ("degrees of freedom <= 0"); pysteps then keeps every vector, which is the right outcome.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return lucas_kanade(images)
+
     return SimpleNamespace(
-        motion=motion.get_method("LK"),
+        motion=quiet_motion,
         extrapolate=extrapolation.get_method("semilagrangian"),
         steps=nowcasts.get_method("steps"),
         db_transform=dB_transform,

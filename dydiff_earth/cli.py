@@ -151,12 +151,10 @@ def train(
         num_workers=workers,
     )
     fields = data.open_fields(data_path, _split(variables), time=time)
-    with _progress(quiet, "training") as bar:
-        task = bar.add_task("training", total=steps) if bar else None
+    with _Progress(quiet) as bar:
 
         def report(step: int, total: int, value: float, rate: float) -> None:
-            if bar is not None and task is not None:
-                bar.update(task, completed=step, description=f"loss {value:.4f} | {rate:.1f} samples/s")
+            bar.update(step, total, f"loss {value:.4f} | {rate:.1f} samples/s")
 
         result = training.fit(
             fields, model_cfg, diff_cfg, cfg, output, resume=resume, device=device, progress=report
@@ -207,6 +205,9 @@ def forecast(
     """Ensemble forecast written as CF NetCDF/zarr on the input's grid, with maps."""
     from dydiff_earth import config, pipeline
 
+    if output.suffix not in (".nc", ".zarr"):
+        # Checked before sampling, which may take minutes, rather than when writing.
+        raise InputError(f"--output {output} must end in .nc (NetCDF) or .zarr")
     for name, value in (
         ("--members", members),
         ("--sampling-steps", sampling_steps),
@@ -233,12 +234,10 @@ def forecast(
         device=device,
         command_line=" ".join(["dydiff-earth", *sys.argv[1:]]),
     )
-    with _progress(quiet, "sampling") as bar:
-        task = bar.add_task("sampling members x steps", total=None) if bar else None
+    with _Progress(quiet) as bar:
 
         def report(done: int, total: int) -> None:
-            if bar is not None and task is not None:
-                bar.update(task, completed=done, total=total)
+            bar.update(done, total, "sampling members x steps")
 
         result = pipeline.run_forecast(request, progress=report)
     console.print(
@@ -284,7 +283,7 @@ def run(
 
     job, _ = jobs.load_job(job_file)
     result = jobs.run_job(job, now=now, backfill=backfill)
-    console.print(result.message, highlight=False, soft_wrap=True)
+    console.print(result.message, markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(result.code)
 
 
@@ -298,8 +297,12 @@ def feed(
     """Simulate a live feed: append the next frames of SOURCE to a zarr store along time."""
     from dydiff_earth import jobs
 
-    added, total = jobs.append_frames(source, output, frames)
-    console.print(f"appended {added} frame(s) to {output}: {total} in all")
+    state = jobs.append_frames(source, output, frames)
+    console.print(
+        f"appended {state.added} frame(s) to {output}: {state.total} in all, newest {state.newest}",
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()
@@ -368,12 +371,10 @@ def skill(
         checkpoints, note = verify.default_checkpoints(data_path, time=time)
         if note:
             console.print(f"note: {note}", highlight=False, soft_wrap=True)
-    with _progress(quiet, "forecasting") as bar:
-        task = bar.add_task("forecasting", total=None) if bar else None
+    with _Progress(quiet) as bar:
 
         def tick(system: str, done: int, total: int) -> None:
-            if bar is not None and task is not None:
-                bar.update(task, completed=done, total=total, description=system)
+            bar.update(done, total, system)
 
         result = verify.skill(
             data_path,
@@ -403,22 +404,41 @@ def skill(
     )
 
 
-def _progress(quiet: bool, what: str) -> Any:
-    """A rich progress bar on stderr, or a no-op context when quiet or not a terminal-friendly run."""
-    import contextlib
+class _Progress:
+    """A rich progress bar on stderr that appears with the first update (never when quiet).
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    Started lazily so that bad input found before any work (paths, checkpoint, options) prints its one
+    error line alone, without an empty bar above it.
+    """
 
-    if quiet:
-        return contextlib.nullcontext(None)
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar: Any = None
+        self.task: Any = None
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def update(self, completed: int, total: int, description: str) -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=console,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task(description, total=total)
+        self.bar.update(self.task, completed=completed, total=total, description=description)
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ NORMALISATION_ATTR = "dydiff_normalisation"
 #: long record converge long before every frame is read, and reading all of them would cost a full pass.
 STATS_MAX_FRAMES = 200
 
-# Rain rates and accumulations (CF canonical and common spellings, after `_canonical_units`).
+# Rain rates and accumulations (CF canonical and common spellings, after `canonical_units`).
 _RAIN_UNITS = frozenset({"mm h-1", "kg m-2 s-1", "mm", "mm s-1", "mm d-1", "kg m-2"})
 _UNIT_SYNONYMS = {"mm/h": "mm h-1", "mm hr-1": "mm h-1", "mm/hr": "mm h-1", "mm/d": "mm d-1"}
 _ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")
@@ -382,14 +382,15 @@ def _segments(times: np.ndarray) -> tuple[np.timedelta64, tuple[Segment, ...]]:
 # --------------------------------------------------------------------------------------- normalisation
 
 
-def _canonical_units(units: str) -> str:
+def canonical_units(units: str) -> str:
+    """Units text in one spelling (``mm/h`` and ``mm hr-1`` become ``mm h-1``), for comparisons."""
     text = " ".join(units.lower().replace("**", "").replace("^", "").split())
     return _UNIT_SYNONYMS.get(text, text)
 
 
 def _default_transform(da: xr.DataArray) -> Transform:
     """log1p for precipitation-like fields: rain-rate or accumulation units, or a precipitation name."""
-    if _canonical_units(str(da.attrs.get("units", ""))) in _RAIN_UNITS:
+    if canonical_units(str(da.attrs.get("units", ""))) in _RAIN_UNITS:
         return "log1p"
     standard_name = str(da.attrs.get("standard_name", "")).lower()
     return "log1p" if "precipitation" in standard_name or "rainfall" in standard_name else "none"
@@ -458,7 +459,7 @@ def _check_stats(
     for spec in stats:
         da = ds[spec.name]
         units = str(da.attrs.get("units", ""))
-        if _canonical_units(units) != _canonical_units(spec.units):
+        if canonical_units(units) != canonical_units(spec.units):
             raise InputError(
                 f"variable {spec.name!r} is in {units!r} but the model expects {spec.units!r}; "
                 "convert the input"

@@ -21,7 +21,7 @@ import xarray as xr
 
 from dydiff_earth import __version__, io, schema
 from dydiff_earth.config import DiffusionConfig, ForecastConfig, ModelConfig
-from dydiff_earth.data import Fields, VariableSpec, denormalize, load_frames
+from dydiff_earth.data import Fields, VariableSpec, canonical_units, denormalize, load_frames
 from dydiff_earth.diffusion import Schedule, make_schedule
 from dydiff_earth.errors import InputError
 from dydiff_earth.model import ConditionedDenoiser
@@ -143,7 +143,8 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
         return shipped
     names = sorted(q.stem for q in MODELS_DIR.glob("*.safetensors"))
     raise InputError(
-        f"checkpoint {name_or_path!r} not found: not a file, nor a shipped model ({', '.join(names)})"
+        f"checkpoint {name_or_path!r} not found: not a file, nor a shipped model "
+        f"({', '.join(names) or 'none installed'})"
     )
 
 
@@ -191,7 +192,7 @@ def check_compatible(model: LoadedModel, fields: Fields) -> None:
             raise InputError(
                 f"checkpoint needs variable {spec.name!r} but the input has {', '.join(have) or 'none'}"
             )
-        if have[spec.name].units != spec.units:
+        if canonical_units(have[spec.name].units) != canonical_units(spec.units):
             raise InputError(
                 f"variable {spec.name!r}: checkpoint expects units {spec.units!r}, input has "
                 f"{have[spec.name].units!r}"

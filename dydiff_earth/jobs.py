@@ -17,12 +17,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from dydiff_earth import config, io, schema
 from dydiff_earth.errors import InputError, StaleInputError
+
+if TYPE_CHECKING:
+    from dydiff_earth.data import Fields
 
 STATUS_FILE = "latest.json"
 LOCK_FILE = ".dydiff-run.lock"
@@ -57,25 +61,23 @@ def load_job(path: str | Path) -> tuple[JobConfig, Path]:
     """Parse a job file into a :class:`JobConfig` (paths resolved); a one-line error names a bad key."""
     p = Path(path)
     raw = config.load_yaml(p)
-    if "retention" in raw and raw["retention"] is not None:
-        raw["retention"] = str(raw["retention"])
-    job = config.from_dict(JobConfig, raw, where=f"{p.name}: ")
-    if not job.input:
-        raise InputError(
-            f"{p.name}: key 'input' is required (the zarr store or NetCDF files to forecast from)"
-        )
-    for key in ("max_input_age",):
-        _duration(getattr(job, key), key)
-    if job.retention and not job.retention.isdigit():
-        _duration(job.retention, "retention")
-    if not job.output_pattern.endswith(io.FORECAST_SUFFIXES):
-        raise InputError(f"{p.name}: output_pattern must end in .nc or .zarr, got {job.output_pattern!r}")
+    if raw.get("retention") is None:
+        raw.pop("retention", None)  # `retention:` left empty keeps all, like ""
+    elif isinstance(raw["retention"], int) and not isinstance(raw["retention"], bool):
+        raw["retention"] = str(raw["retention"])  # YAML reads `retention: 288` as an int
+    try:
+        job = config.from_dict(JobConfig, raw)
+        _check(job)
+    except InputError as exc:
+        raise InputError(f"{p.name}: {exc}") from None
     base = p.resolve().parent
 
     def resolve(value: str) -> str:
-        return value if Path(value).is_absolute() else str(base / value)
+        return value if Path(value).is_absolute() else os.path.normpath(base / value)  # no ".." left
 
-    checkpoint = resolve(job.checkpoint) if (base / job.checkpoint).exists() else job.checkpoint
+    # A shipped model is a bare name ("demo"); anything with a suffix or a slash is a path.
+    named = Path(job.checkpoint).suffix == "" and "/" not in job.checkpoint
+    checkpoint = job.checkpoint if named and not (base / job.checkpoint).exists() else resolve(job.checkpoint)
     return (
         JobConfig(
             **{
@@ -90,11 +92,34 @@ def load_job(path: str | Path) -> tuple[JobConfig, Path]:
     )
 
 
+def _check(job: JobConfig) -> None:
+    """Values a job cannot run with, named by key (the caller prefixes the file name)."""
+    if not job.input:
+        raise InputError("key 'input' is required (the zarr store or NetCDF files to forecast from)")
+    for key in ("members", "sampling_steps", "batch_size"):
+        if getattr(job, key) < 1:
+            raise InputError(f"key {key!r} must be at least 1, not {getattr(job, key)}")
+    if job.lead_times < 0:
+        raise InputError(f"key 'lead_times' must be 0 (the model's horizon) or more, not {job.lead_times}")
+    _duration(job.max_input_age, "max_input_age")
+    if job.retention.isdigit():
+        if int(job.retention) < 1:
+            raise InputError("key 'retention' must keep at least 1 output; leave it out to keep all")
+    elif job.retention:
+        _duration(job.retention, "retention")
+    if not job.output_pattern.endswith(io.FORECAST_SUFFIXES):
+        raise InputError(f"key 'output_pattern' must end in .nc or .zarr, not {job.output_pattern!r}")
+
+
 def _duration(text: str, key: str) -> pd.Timedelta:
+    # A bare number is refused: pandas would read "30" as 30 nanoseconds. "7d" is pandas' "7D" (the
+    # lower-case unit is deprecated there, but it is what people write).
     try:
-        value = pd.Timedelta(text)
+        value = pd.Timedelta(re.sub(r"(\d)\s*d$", r"\1D", text)) if re.search(r"[A-Za-z]", text) else None
     except (ValueError, TypeError):
-        raise InputError(f"key {key!r} must be a duration such as 30min, 2h or 1d, not {text!r}") from None
+        value = None
+    if value is None:
+        raise InputError(f"key {key!r} must be a duration such as 30min, 2h or 1d, not {text!r}")
     if value <= pd.Timedelta(0):
         raise InputError(f"key {key!r} must be positive, not {text!r}")
     return value
@@ -107,6 +132,11 @@ class TickResult:
     code: int
     message: str
     outputs: tuple[Path, ...] = field(default=())
+
+
+def _iso(t: object) -> str:
+    """A time as one token for ``key=value`` log lines: ``2024-06-01T12:35:00``."""
+    return pd.Timestamp(t).isoformat()  # type: ignore[arg-type]
 
 
 def _log(job: JobConfig, line: str) -> str:
@@ -147,36 +177,77 @@ def output_path(job: JobConfig, init: np.datetime64) -> Path:
     return Path(job.output_dir) / pd.Timestamp(init).strftime(job.output_pattern)
 
 
-def is_complete(path: Path, init: np.datetime64, members: int) -> bool:
-    """True when ``path`` is a readable forecast of ``init`` with all members and finite lead times."""
+def is_complete(path: Path, init: np.datetime64, members: int, lead_times: int | None = None) -> bool:
+    """True when ``path`` is a readable forecast of ``init`` with ``members`` members (and ``lead_times``).
+
+    The last member's last lead time of every variable is read too: a file truncated or damaged after
+    it was published can still have a readable header.
+    """
     if not path.exists():
         return False
     try:
         with io.open_forecast(path) as ds:
             schema.validate_forecast(ds)
-            same_init = ds[schema.INIT_TIME].values == np.datetime64(init, "ns")
-            return bool(same_init) and ds.sizes[schema.MEMBER] == members
+            same_init = bool(ds[schema.INIT_TIME].values == np.datetime64(init, "ns"))
+            leads_ok = lead_times is None or ds.sizes[schema.LEAD_TIME] == lead_times
+            for name in schema.forecast_variables(ds):
+                ds[name].isel({schema.MEMBER: -1, schema.LEAD_TIME: -1}).values  # noqa: B018 (read it)
+            return same_init and leads_ok and ds.sizes[schema.MEMBER] == members
     except Exception:  # any failure to read means "rebuild it"
         return False
 
 
-def _clean_temporaries(directory: Path) -> None:
-    """Temporaries left by a killed run (only called while holding the lock, so none is being written)."""
-    for tmp in directory.glob(".*.tmp"):
+def _temporaries(directory: Path) -> list[Path]:
+    """What a killed run leaves: ``io.publish`` temporaries (``.*.tmp``), stores moved aside (``.*.old``)."""
+    if not directory.is_dir():
+        return []
+    found = [*directory.rglob(".*.tmp"), *directory.rglob(".*.old")]
+    # Outermost first, and nothing inside one already listed (a temporary zarr store is a directory).
+    return [p for p in sorted(found) if not any(q in p.parents for q in found)]
+
+
+def _clean_temporaries(directory: Path) -> int:
+    """Remove temporaries of killed runs; call only while holding the lock, so none is being written."""
+    doomed = _temporaries(directory)
+    for tmp in doomed:
         io._remove(tmp)
+    return len(doomed)
+
+
+def outputs(job: JobConfig) -> list[tuple[pd.Timestamp, Path]]:
+    """The job's outputs in its output dir, as ``(init time, path)`` oldest first.
+
+    A path counts when ``output_pattern`` parses it back to a time, so other files (and hidden
+    temporaries) never do, and the order is by init time whatever the pattern's field order.
+    """
+    # One "*" per run of strftime fields: "%Y%m%dT%H%M" -> "*T*" (pathlib refuses "**" inside a name).
+    pattern = re.sub(r"(%[A-Za-z])+", "*", job.output_pattern.replace("%%", "%"))
+    base = Path(job.output_dir)
+    found = []
+    for path in base.glob(pattern):
+        try:
+            when = datetime.strptime(path.relative_to(base).as_posix(), job.output_pattern)
+        except ValueError:
+            continue
+        found.append((pd.Timestamp(when), path))
+    return sorted(found)
+
+
+def _expired(job: JobConfig, inits: list[pd.Timestamp], now: pd.Timestamp) -> set[pd.Timestamp]:
+    """The init times retention removes: all but the newest N, or those older than a duration at ``now``."""
+    if not job.retention:
+        return set()
+    if job.retention.isdigit():
+        return set(sorted(set(inits))[: -int(job.retention)])
+    horizon = now - _duration(job.retention, "retention")
+    return {t for t in inits if t < horizon}
 
 
 def _retain(job: JobConfig, now: pd.Timestamp) -> list[Path]:
     """Apply retention; returns what was removed."""
-    if not job.retention:
-        return []
-    pattern = re.sub(r"%[A-Za-z]", "*", job.output_pattern)
-    outputs = sorted(Path(job.output_dir).glob(pattern), key=lambda p: p.name)
-    if job.retention.isdigit():
-        doomed = outputs[: max(len(outputs) - int(job.retention), 0)]
-    else:
-        horizon = now - _duration(job.retention, "retention")
-        doomed = [p for p in outputs if pd.Timestamp(p.stat().st_mtime, unit="s") < horizon]
+    found = outputs(job)
+    expired = _expired(job, [when for when, _ in found], now)
+    doomed = [p for when, p in found if when in expired]
     for p in doomed:
         io._remove(p)
         maps = Path(job.output_dir) / "maps" / p.name.rsplit(".", 1)[0]
@@ -205,8 +276,10 @@ def _forecast_one(job: JobConfig, init: np.datetime64, now: pd.Timestamp, age: p
         command_line=f"dydiff-earth run (job {job.output_pattern})",
     )
     result = run_forecast(request)
+    if not _newer_than_status(job, init):
+        return out  # a backfill of older init times leaves latest.json on the newest one
     status = {
-        "init_time": str(pd.Timestamp(init)),
+        "init_time": _iso(init),
         "output": str(out),
         "duration_seconds": round(result.seconds, 2),
         "members": result.members,
@@ -219,13 +292,48 @@ def _forecast_one(job: JobConfig, init: np.datetime64, now: pd.Timestamp, age: p
     return out
 
 
+def _newer_than_status(job: JobConfig, init: np.datetime64) -> bool:
+    try:
+        recorded = json.loads((Path(job.output_dir) / STATUS_FILE).read_text())["init_time"]
+        return pd.Timestamp(init) >= pd.Timestamp(recorded)
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
+
+
+def _clock(now: str | None) -> pd.Timestamp:
+    """``--now`` (naive is UTC; an offset is converted) or the current time, as naive UTC like the input."""
+    if now is None:
+        return pd.Timestamp.now(tz="UTC").tz_localize(None).floor("s")
+    try:
+        clock = pd.Timestamp(now)
+    except (ValueError, TypeError):
+        raise InputError(f"--now {now!r} is not an ISO time such as 2024-06-01T12:40") from None
+    if pd.isna(clock):
+        raise InputError(f"--now {now!r} is not an ISO time such as 2024-06-01T12:40")
+    return clock.tz_convert("UTC").tz_localize(None) if clock.tzinfo else clock
+
+
+def _backfill_inits(fields: Fields, text: str, context: int) -> list[np.datetime64]:
+    """Init times inside ``START:END`` (inclusive; a partial date covers its period) with a full context."""
+    from dydiff_earth.data import parse_time_range
+    from dydiff_earth.forecast import init_index
+
+    span = parse_time_range(text)
+    inside = pd.DatetimeIndex(fields.times).slice_indexer(span.start, span.stop)
+    inits = []
+    for i in range(len(fields.times))[inside]:
+        with contextlib.suppress(InputError):  # too little context before it: not an init time
+            inits.append(fields.times[init_index(fields, str(fields.times[i]), context)])
+    return inits
+
+
 def tick(job: JobConfig, *, now: str | None = None, backfill: str | None = None) -> TickResult:
     """One run of the job (see the module docstring); never raises for expected outcomes."""
-    from dydiff_earth.data import open_fields, parse_time_range
-    from dydiff_earth.forecast import init_index, latest_complete_init, load_model
+    from dydiff_earth.data import open_fields
+    from dydiff_earth.forecast import latest_complete_init, load_model
 
     started = time.perf_counter()
-    clock = pd.Timestamp(now).tz_localize(None) if now else pd.Timestamp.now(tz="UTC").tz_localize(None)
+    clock = _clock(now)
     model = load_model(job.checkpoint)
     fields = open_fields(
         job.input, list(job.variables) or [v.name for v in model.variables], stats=model.variables
@@ -234,50 +342,62 @@ def tick(job: JobConfig, *, now: str | None = None, backfill: str | None = None)
     age = clock - newest
     if backfill is None and age > _duration(job.max_input_age, "max_input_age"):
         raise StaleInputError(
-            f"newest input frame {newest} is {age} old at {clock}, more than max_input_age "
+            f"newest input frame {_iso(newest)} is {age} old at {_iso(clock)}, more than max_input_age "
             f"{job.max_input_age}; is the feed running?"
         )
+    leads = job.lead_times or model.horizon
+    waiting = ""
     if backfill is None:
         idx = latest_complete_init(fields, model.context)
         if idx is None:
             return TickResult(
                 0, _log(job, f"init=none status=waiting reason=no {model.context} contiguous frames yet")
             )
+        if idx < len(fields.times) - 1:  # a gap among the newest frames: their init needs more frames
+            seg = fields.segments[-1]
+            waiting = (
+                f" waiting=gap-before-{_iso(fields.times[seg.start])} "
+                f"frames-after-gap={seg.length}/{model.context}"
+            )
         inits = [fields.times[idx]]
     else:
-        span = parse_time_range(backfill)
-        inits = []
-        for t in fields.times:
-            inside = (span.start is None or t >= np.datetime64(pd.Timestamp(span.start))) and (
-                span.stop is None or t <= np.datetime64(pd.Timestamp(span.stop))
-            )
-            if inside:
-                with contextlib.suppress(InputError):
-                    inits.append(fields.times[init_index(fields, str(t), model.context)])
-    todo = [t for t in inits if not is_complete(output_path(job, t), t, job.members)]
+        inits = _backfill_inits(fields, backfill, model.context)
+        # Retention would delete them again right away, and the next backfill would redo them.
+        expired = _expired(job, [*(when for when, _ in outputs(job)), *map(pd.Timestamp, inits)], clock)
+        inits = [t for t in inits if pd.Timestamp(t) not in expired]
+    todo = [t for t in inits if not is_complete(output_path(job, t), t, job.members, leads)]
     if not todo:
-        return TickResult(
-            0, _log(job, f"init={pd.Timestamp(inits[-1]) if inits else 'none'} status=up-to-date")
-        )
+        _tidy(job)
+        newest_init = _iso(inits[-1]) if inits else "none"
+        return TickResult(0, _log(job, f"init={newest_init} status=up-to-date{waiting}"))
     with _lock(Path(job.output_dir)) as previous:
         if previous is None:
             return TickResult(
                 0,
-                _log(job, f"init={pd.Timestamp(todo[-1])} status=skipped reason=another run holds the lock"),
+                _log(job, f"init={_iso(todo[-1])} status=skipped reason=another run holds the lock"),
             )
         _clean_temporaries(Path(job.output_dir))
         written = []
         for init in todo:
-            if is_complete(output_path(job, init), init, job.members):
+            if is_complete(output_path(job, init), init, job.members, leads):
                 continue  # written by a run that held the lock before us
             written.append(_forecast_one(job, init, clock, age))
         removed = _retain(job, clock)
     took = f" took-over-lock-of={previous}" if previous else ""
     line = (
-        f"init={pd.Timestamp(todo[-1])} status=written outputs={len(written)} removed={len(removed)} "
-        f"input_age={age} duration={time.perf_counter() - started:.1f}s{took}"
+        f"init={_iso(todo[-1])} status=written outputs={len(written)} removed={len(removed)} "
+        f"input_age={age.total_seconds():.0f}s duration={time.perf_counter() - started:.1f}s{took}{waiting}"
     )
     return TickResult(0, _log(job, line), tuple(written))
+
+
+def _tidy(job: JobConfig) -> None:
+    """Clean temporaries of a run killed after its output landed (e.g. while writing latest.json)."""
+    directory = Path(job.output_dir)
+    if _temporaries(directory):
+        with _lock(directory) as previous:
+            if previous is not None:
+                _clean_temporaries(directory)
 
 
 def run_job(job: JobConfig, *, now: str | None = None, backfill: str | None = None) -> TickResult:
@@ -293,35 +413,57 @@ def run_job(job: JobConfig, *, now: str | None = None, backfill: str | None = No
         return TickResult(1, _log(job, f"init=none status=failed error={type(exc).__name__}: {first}"))
 
 
-def append_frames(source: str | Path, store: str | Path, frames: int = 1) -> tuple[int, int]:
+class FeedState(NamedTuple):
+    """What :func:`append_frames` did: frames added, frames in the store, its newest frame time (ISO)."""
+
+    added: int
+    total: int
+    newest: str
+
+
+def append_frames(source: str | Path, store: str | Path, frames: int = 1) -> FeedState:
     """Append the next ``frames`` frames of ``source`` to the zarr ``store`` (a simulated live feed).
 
-    The first call creates the store (atomically); later calls append along time, as a radar ingest
-    would. Returns ``(frames added, frames in the store)``.
+    The first call creates the store (atomically); later calls append the source's frames after the
+    store's newest time along time, as a radar ingest would.
     """
-    from dydiff_earth.data import open_fields
+    import xarray as xr
+
+    from dydiff_earth.data import NORMALISATION_ATTR, open_fields
 
     if frames < 1:
         raise InputError(f"--frames must be at least 1, got {frames}")
     fields = open_fields(source)
-    src = fields.dataset.drop_attrs(deep=False)
     tdim = fields.time_dim
+    src = fields.dataset.drop_attrs(deep=False)
     for var in src.variables.values():
         var.encoding = {}
     target = Path(store)
-    have = 0
+    have, last = 0, None
     if target.exists():
-        with open_fields(target).dataset as current:
-            have = current.sizes[tdim]
-    chunk = src.isel({tdim: slice(have, have + frames)})
+        # Not open_fields: a store of one frame is a valid feed, just too short to forecast from.
+        try:
+            with xr.open_zarr(target, consolidated=False) as current:
+                have, last = current.sizes[tdim], current[tdim].values[-1]
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputError(
+                f"{target} is not a zarr store with a {tdim!r} dim to append to ({exc})"
+            ) from None
+    start = 0 if last is None else int(np.searchsorted(fields.times, last, side="right"))
+    chunk = src.isel({tdim: slice(start, start + frames)})
     added = chunk.sizes[tdim]
     if added == 0:
-        return 0, have
-    if have == 0:
-        io.write_zarr(
-            chunk.assign_attrs(fields.dataset.attrs | {"title": "dydiff-earth simulated feed"}), target
-        )
+        return FeedState(0, have, _iso(last))
+    if last is None:
+        attrs = {k: v for k, v in fields.dataset.attrs.items() if k != NORMALISATION_ATTR}
+        # Fixed time units: left to xarray, one frame gets "days since <it>", which cannot hold the
+        # next frame 5 min later, and appends keep the units of the first write (times would go wrong).
+        encoding = {tdim: {"units": "seconds since 1970-01-01T00:00:00", "dtype": "int64"}}
+        title = {"title": "dydiff-earth simulated feed"}
+        io.write_zarr(chunk.assign_attrs(attrs | title), target, encoding=encoding)
     else:
+        # Appending rewrites only variables along time; the store keeps its grid and the time encoding
+        # (units, dtype) of its first write, so the new datetimes are encoded the same way.
         chunk = chunk.drop_vars([n for n, v in chunk.variables.items() if tdim not in v.dims])
         chunk.to_zarr(target, append_dim=tdim, mode="a", zarr_format=3, consolidated=False)
-    return added, have + added
+    return FeedState(added, have + added, _iso(chunk[tdim].values[-1]))

@@ -154,7 +154,7 @@ def test_precip_determinism_and_sequence_independence(rain: xr.Dataset) -> None:
 
 def test_demo_sample_is_one_deterministic_sequence() -> None:
     demo = synthetic.demo_sample()
-    assert demo.sizes == {"time": 16, "latitude": 64, "longitude": 64}
+    assert demo.sizes == {"time": 16, "latitude": 56, "longitude": 56}
     assert (demo["precip"] > 0.1).mean() > 0.05
     xr.testing.assert_identical(demo, synthetic.demo_sample())
 
