@@ -6,7 +6,7 @@ synthetic rain store with the same shapes (tiny preset, patch 32), so the data p
 included; their ratio shows whether data loading limits training. Each configuration runs in a fresh
 process, so the peak resident memory (``getrusage`` max RSS) of one does not mix with another's.
 
-    .venv/bin/python benchmarks/bench_train.py                        # default, ~5 minutes on 2 cores
+    .venv/bin/python benchmarks/bench_train.py                        # default, ~5 minutes on 2 idle cores
     .venv/bin/python benchmarks/bench_train.py --steps 2 --paper-steps 0   # quick look, no paper preset
 """
 
@@ -143,7 +143,7 @@ def run_child(*args: str) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per tiny/small configuration")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per tiny/small configuration")
     parser.add_argument("--paper-steps", type=int, default=1, help="timed steps of paper, patch 32 (0: skip)")
     parser.add_argument("--fit-steps", type=int, default=6, help="timed steps of the end-to-end fit")
     parser.add_argument("--child", nargs="+", default=None, help=argparse.SUPPRESS)

@@ -418,7 +418,10 @@ def forecast_dataset(
         ),
     }
     for name, coord in ds_in.coords.items():
-        if set(coord.dims) <= set(spatial) and name != fields.time_dim:
+        # The grid (1-D or 2-D spatial coords) and its grid mapping; scalar leftovers of the input's own
+        # time axis (GRIB's ``step``, ``number``...) would mislabel a forecast.
+        on_grid = bool(coord.dims) and set(coord.dims) <= set(spatial)
+        if on_grid or name == fields.grid_mapping:
             coords[str(name)] = coord.variable
     out = xr.Dataset(coords=coords)
     for c, spec in enumerate(fields.variables):

@@ -104,10 +104,13 @@ class _EMA:
         self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
 
     @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        # Warm-up (as in timm/diffusers): early on the average must forget the random initial weights fast,
+        # or a short run would ship mostly its initialisation (0.999^1000 = 0.37 of it).
+        decay = min(self.decay, (1.0 + step) / (10.0 + step))
         for k, v in model.state_dict().items():
             if v.dtype.is_floating_point:
-                self.shadow[k].lerp_(v.float(), 1.0 - self.decay)
+                self.shadow[k].lerp_(v.float(), 1.0 - decay)
             else:
                 self.shadow[k].copy_(v)
 
@@ -287,7 +290,7 @@ def fit(
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(denoiser.parameters(), cfg.grad_clip)
         opt.step()
-        ema.update(denoiser)
+        ema.update(denoiser, step)
         step += 1
         seen += frames.shape[0] * world
         loss_value = float(loss.detach())

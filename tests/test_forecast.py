@@ -214,3 +214,25 @@ def test_a_failed_write_leaves_nothing_and_keeps_the_old_file(
         io.write_forecast(ds, out)
     assert out.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["f.nc"]
+
+
+def test_forecast_on_the_real_era5_grid(shared_data: Path, tmp_path: Path) -> None:
+    """ERA5 (latitude descending, GRIB scalar coords): the forecast keeps the grid and drops the rest."""
+    from dydiff_earth.data import prepare
+
+    store = prepare(
+        shared_data / "era5_t2m_uk_2019-03.nc", tmp_path / "era5.zarr", time="2019-03-01:2019-03-02"
+    )
+    fields = open_fields(store)
+    ckpt = testing.tiny_checkpoint(tmp_path / "era5.safetensors", fields, context=2, horizon=2, patch=32)
+    ds = DiffusionForecaster(load_model(ckpt), ForecastConfig(sampling_steps=2))(
+        fields, init_time="2019-03-02T06:00", lead_times=3, n_members=2, seed=0
+    )
+    schema.validate_forecast(ds)
+    src = xr.open_dataset(shared_data / "era5_t2m_uk_2019-03.nc")
+    assert ds["t2m"].dims == ("member", "lead_time", "latitude", "longitude")
+    np.testing.assert_array_equal(ds["latitude"], src["latitude"])  # descending, as in the input
+    np.testing.assert_array_equal(ds["longitude"], src["longitude"])
+    assert ds["t2m"].attrs["units"] == "K" and ds["t2m"].attrs["long_name"] == src["t2m"].attrs["long_name"]
+    assert not {"step", "number", "time"} & set(ds.coords)
+    assert str(ds[schema.VALID_TIME].values[0])[:16] == "2019-03-02T07:00"

@@ -86,3 +86,16 @@ def test_plain_diffusion_through_the_same_code(fields, tmp_path: Path) -> None:
     result = fit(fields, preset("tiny"), DiffusionConfig(gamma_ratio=0.0), CFG, tmp_path / "dpm.safetensors")
     _, meta = io.load_checkpoint(result.checkpoint)
     assert meta["diffusion"]["gamma_ratio"] == 0.0
+
+
+def test_ema_forgets_the_initial_weights_early() -> None:
+    """With warm-up, a short run's average is dominated by trained weights, not the initialisation."""
+    from dydiff_earth.train import _EMA
+
+    net = torch.nn.Linear(3, 1)
+    torch.nn.init.zeros_(net.weight)
+    ema = _EMA(net, decay=0.999)
+    torch.nn.init.ones_(net.weight)
+    for step in range(20):
+        ema.update(net, step)
+    assert float(ema.shadow["weight"].min()) > 0.99  # without warm-up: 1 - 0.999**20 = 0.02
