@@ -8,7 +8,7 @@ state (linear in cells, a few float32 copies), not with the number of tiles, sin
 holds at most `forecast.TILE_BATCH` tiles at once. Also: seconds per member per sampling step on 64 x 64.
 Each measurement is a fresh process, so peaks (``getrusage`` max RSS) do not mix.
 
-    .venv/bin/python benchmarks/bench_forecast.py                 # default, ~5 minutes on 2 cores
+    .venv/bin/python benchmarks/bench_forecast.py                 # default: 18 minutes on 2 shared cores
     .venv/bin/python benchmarks/bench_forecast.py --steps 1 --large 361x720   # quick look
 """
 

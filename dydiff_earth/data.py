@@ -23,7 +23,7 @@ import numpy as np
 import xarray as xr
 
 from dydiff_earth import io, schema
-from dydiff_earth.errors import InputError
+from dydiff_earth.errors import InputError, MissingVariableError
 
 Transform = Literal["none", "log1p"]
 TRANSFORMS: tuple[str, ...] = ("none", "log1p")
@@ -275,7 +275,9 @@ def _choose_variables(
         if name not in ds.data_vars:
             close = difflib.get_close_matches(name, fit, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise InputError(f"variable {name!r} not found; {hint}available: {', '.join(fit) or 'none'}")
+            raise MissingVariableError(
+                f"variable {name!r} not found; {hint}available: {', '.join(fit) or 'none'}"
+            )
         if set(ds[name].dims) != set(dims):
             raise InputError(
                 f"variable {name!r} has dims {ds[name].dims}, expected {dims}; select a single level first"
@@ -361,11 +363,12 @@ def _check_times(times: np.ndarray, tdim: str) -> None:
         )
 
 
-def _describe_step(step: np.timedelta64) -> str:
-    """``5 minutes`` rather than ``300000000000 nanoseconds``."""
-    for unit in ("D", "h", "m", "s"):
+def describe_step(step: np.timedelta64) -> str:
+    """A time step as people write it (``5 minutes``, ``1 hour``), not in nanoseconds."""
+    for unit, name in (("D", "day"), ("h", "hour"), ("m", "minute"), ("s", "second")):
         if step % np.timedelta64(1, unit) == np.timedelta64(0):
-            return str(step.astype(f"timedelta64[{unit}]"))
+            n = int(step // np.timedelta64(1, unit))
+            return f"{n} {name}{'' if n == 1 else 's'}"
     return str(step)
 
 
@@ -652,7 +655,7 @@ def window_starts(fields: Fields, length: int, stride: int = 1) -> list[int]:
         longest = max(seg.length for seg in fields.segments)
         raise InputError(
             f"a window needs {length} consecutive frames but the longest segment has {longest} "
-            f"(time step {_describe_step(fields.time_step)}, {len(fields.segments)} segments); "
+            f"(time step {describe_step(fields.time_step)}, {len(fields.segments)} segments); "
             "shorten context/horizon or give more frames"
         )
     return starts

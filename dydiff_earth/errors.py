@@ -12,3 +12,7 @@ class InputError(Exception):
 
 class StaleInputError(InputError):
     """The newest input frame is older than a job allows (exit status 3 in ``run``)."""
+
+
+class MissingVariableError(InputError):
+    """A requested variable is not in the input (the message lists the available ones)."""

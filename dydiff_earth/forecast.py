@@ -21,7 +21,7 @@ import xarray as xr
 
 from dydiff_earth import __version__, io, schema
 from dydiff_earth.config import DiffusionConfig, ForecastConfig, ModelConfig
-from dydiff_earth.data import Fields, VariableSpec, canonical_units, denormalize, load_frames
+from dydiff_earth.data import Fields, VariableSpec, canonical_units, denormalize, describe_step, load_frames
 from dydiff_earth.diffusion import Schedule, make_schedule
 from dydiff_earth.errors import InputError
 from dydiff_earth.model import ConditionedDenoiser
@@ -71,18 +71,22 @@ def init_index(fields: Fields, init_time: str | None, context: int) -> int:
         hits = np.flatnonzero(times == when)
         if not len(hits):
             raise InputError(
-                f"init time {init_time} is not a time of the input ({times[0]} .. {times[-1]}, "
-                f"every {pd.Timedelta(fields.time_step)})"
+                f"init time {init_time} is not a time of the input ({_minutes(times[0])} .. "
+                f"{_minutes(times[-1])}, every {describe_step(fields.time_step)})"
             )
         idx = int(hits[0])
     seg = next(s for s in fields.segments if s.start <= idx < s.stop)
     if idx - seg.start + 1 < context:
-        where = "the input starts" if seg.start == 0 else f"a gap before {times[seg.start]}"
+        where = "the input starts" if seg.start == 0 else f"a gap before {_minutes(times[seg.start])}"
         raise InputError(
-            f"init time {times[idx]} needs {context} contiguous context frames, but {where} leaves "
+            f"init time {_minutes(times[idx])} needs {context} contiguous context frames, but {where} leaves "
             f"{idx - seg.start + 1}; choose a later --init-time"
         )
     return idx
+
+
+def _minutes(t: np.datetime64) -> str:
+    return str(np.datetime_as_string(t, unit="m"))
 
 
 def latest_complete_init(fields: Fields, context: int) -> int | None:
@@ -199,8 +203,8 @@ def check_compatible(model: LoadedModel, fields: Fields) -> None:
             )
     if np.timedelta64(fields.time_step, "s") != model.time_step:
         raise InputError(
-            f"checkpoint was trained on a time step of {pd.Timedelta(model.time_step)}, input has "
-            f"{pd.Timedelta(fields.time_step)}"
+            f"checkpoint was trained on a time step of {describe_step(model.time_step)}, input has "
+            f"{describe_step(fields.time_step)}"
         )
 
 

@@ -13,7 +13,7 @@ import xarray as xr
 from dydiff_earth import io, schema
 from dydiff_earth.config import ForecastConfig
 from dydiff_earth.data import Fields, open_fields
-from dydiff_earth.errors import InputError
+from dydiff_earth.errors import InputError, MissingVariableError
 from dydiff_earth.forecast import DiffusionForecaster, ProgressFn, add_derived, load_model
 
 DEFAULT_MODEL = "demo"
@@ -81,7 +81,13 @@ def run_forecast(request: ForecastRequest, progress: ProgressFn | None = None) -
             raise InputError("--checkpoint without --input: give the data the checkpoint was trained for")
         model = load_model(request.checkpoint or DEFAULT_MODEL, device)
         names = list(request.variables) if request.variables else [v.name for v in model.variables]
-        fields = open_fields(source, names, stats=model.variables)
+        try:
+            fields = open_fields(source, names, stats=model.variables)
+        except MissingVariableError as exc:
+            trained = ", ".join(repr(v.name) for v in model.variables)
+            raise MissingVariableError(
+                f"checkpoint {Path(model.path).name} was trained on {trained}: {exc}"
+            ) from None
         if request.checkpoint is None and request.input is not None:
             _explain_default(model, fields)
         lead_times = request.lead_times or model.horizon

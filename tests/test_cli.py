@@ -222,15 +222,7 @@ def test_forecast_pickle_checkpoint(inputs: dict[str, Path], tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("source", "needles"),
     [
-        pytest.param(
-            "t2m",
-            ("'precip'", "t2m"),
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="bug: names only the input side ('variable precip not found; available: t2m'), "
-                "not that the checkpoint was trained on precip",
-            ),
-        ),
+        ("t2m", ("'precip'", "t2m")),
         ("mm", ("'mm'", "'mm h-1'")),
         ("10min", ("time step",)),
     ],
