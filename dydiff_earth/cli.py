@@ -393,8 +393,12 @@ def skill(
             progress=tick,
         )
     rows = result.summary["systems"].items()
+    # One number per system and variable ("crps_fair", or "<var>_crps_fair" for several variables).
     crps = ", ".join(
-        f"{name} {row['crps_fair']:.4g}" for name, row in rows if row.get("crps_fair") is not None
+        f"{name} {key.removesuffix('crps_fair')}{value:.4g}"
+        for name, row in rows
+        for key, value in row.items()
+        if key.endswith("crps_fair") and value is not None
     )
     console.print(
         f"wrote {result.report}: {len(result.init_times)} init times, fair CRPS {crps} "

@@ -1,30 +1,22 @@
-"""Maps and animations of ensemble forecasts (cartopy where there is a CRS); never computes scores.
+"""Maps and animations of ensemble forecasts: figures, colour maps, titles and the GIF; never computes scores.
 
-Map data comes only from local files: cartopy's default Natural Earth download would hang or fail on
-machines without network, so features are read straight from shapefiles found on disk (Debian's
-``python-cartopy-data`` ships GSHHS coastlines and lakes under ``/usr/share/cartopy/data``) and a map is
-drawn without them, with one warning, when none are found.
+Where a field has a CRS its maps are drawn with cartopy; the CRS and the offline map features (coastlines,
+borders, lakes, graticule) come from :mod:`dydiff_earth.geo`.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cartopy
 import cartopy.crs as ccrs
 import cartopy.feature as cfeature
-import cartopy.io.shapereader as shapereader
 import matplotlib
 import numpy as np
 import pandas as pd
-import pyproj
-import shapely
 import xarray as xr
 from matplotlib import colors as mcolors
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -32,12 +24,29 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from dydiff_earth import schema
+from dydiff_earth.geo import (
+    cell_edges,
+    configure_cartopy,
+    crs_of,
+    geographic_kind,
+    grid_mapping_name,
+    projected_features,
+    spatial_coords,
+)
 from dydiff_earth.io import publish
 
-logger = logging.getLogger(__name__)
+# configure_cartopy and crs_of moved to geo.py; they stay importable from here.
+__all__ = [
+    "DPI",
+    "MARGIN_HEIGHT",
+    "PANEL_WIDTH",
+    "RAIN_LEVELS",
+    "configure_cartopy",
+    "crs_of",
+    "plot_forecast",
+]
 
-#: Folders searched for offline map data, after cartopy's own configured folders.
-LOCAL_DATA_DIRS: tuple[Path, ...] = (Path("/usr/share/cartopy/data"),)
+logger = logging.getLogger(__name__)
 
 #: Pixels per inch of every PNG and GIF frame; a panel is ``PANEL_WIDTH`` inches wide.
 DPI = 100
@@ -53,229 +62,6 @@ _RAIN_OVER = "#d400d4"
 _NO_DATA = (0.82, 0.82, 0.82, 1.0)
 
 _TEMPERATURE_UNITS = {"k", "kelvin", "degc", "degree_celsius", "degrees_celsius", "celsius", "°c", "deg c"}
-
-# Candidate shapefiles, relative to a cartopy data folder, best first: moderate resolution before the
-# coarsest, which still places coasts within tens of km.
-_COASTLINES = (
-    "shapefiles/natural_earth/physical/ne_50m_coastline.shp",
-    "shapefiles/gshhs/l/GSHHS_l_L1.shp",
-    "shapefiles/gshhs/i/GSHHS_i_L1.shp",
-    "shapefiles/natural_earth/physical/ne_10m_coastline.shp",
-    "shapefiles/natural_earth/physical/ne_110m_coastline.shp",
-    "shapefiles/gshhs/c/GSHHS_c_L1.shp",
-)
-_BORDERS = tuple(
-    f"shapefiles/natural_earth/cultural/ne_{s}_admin_0_boundary_lines_land.shp"
-    for s in ("50m", "10m", "110m")
-)
-_LAKES = (
-    "shapefiles/gshhs/l/GSHHS_l_L2.shp",
-    "shapefiles/natural_earth/physical/ne_50m_lakes.shp",
-    "shapefiles/gshhs/i/GSHHS_i_L2.shp",
-    "shapefiles/natural_earth/physical/ne_10m_lakes.shp",
-    "shapefiles/gshhs/c/GSHHS_c_L2.shp",
-)
-_FEATURE_STYLE = {
-    "coastline": {"edgecolor": "black", "linewidth": 0.7},
-    "border": {"edgecolor": "0.25", "linewidth": 0.6, "linestyle": "--"},
-    "lake": {"edgecolor": "#08306b", "linewidth": 0.6},
-    "graticule": {"edgecolor": "0.45", "linewidth": 0.4, "linestyle": ":"},
-}
-
-_warned_no_map_data = False
-
-
-# --------------------------------------------------------------------------------------------- map data
-
-
-def _candidate_dirs() -> list[Path]:
-    dirs = [Path(cartopy.config["pre_existing_data_dir"]), Path(cartopy.config["data_dir"])]
-    return [*dirs, *LOCAL_DATA_DIRS]
-
-
-def _first_existing(names: Sequence[str]) -> Path | None:
-    for folder in _candidate_dirs():
-        for name in names:
-            if (folder / name).is_file():
-                return folder / name
-    return None
-
-
-def configure_cartopy() -> bool:
-    """Point cartopy at local map data; True when offline coastlines are available.
-
-    Sets ``cartopy.config['pre_existing_data_dir']`` to the first folder of ``LOCAL_DATA_DIRS`` that holds
-    shapefiles, unless cartopy's configured folders already hold coastlines. Plotting itself reads the
-    shapefiles it finds and never asks cartopy to download.
-    """
-    configured = _candidate_dirs()[:2]
-    if not any((folder / name).is_file() for folder in configured for name in _COASTLINES):
-        for folder in LOCAL_DATA_DIRS:
-            if (folder / "shapefiles").is_dir():
-                cartopy.config["pre_existing_data_dir"] = folder
-                break
-    return _first_existing(_COASTLINES) is not None
-
-
-@functools.lru_cache(maxsize=16)
-def _read_feature(path: Path, kind: str) -> cfeature.Feature:
-    # pyshp logs a warning per malformed GSHHS lake ring; those rings still draw correctly.
-    logging.getLogger("shapefile").setLevel(logging.ERROR)
-    geometries = list(shapereader.Reader(str(path)).geometries())
-    return cfeature.ShapelyFeature(geometries, ccrs.PlateCarree(), facecolor="none", **_FEATURE_STYLE[kind])
-
-
-def _map_features() -> list[cfeature.Feature]:
-    """The coastline, border and lake features found on disk; warns once when there are none."""
-    global _warned_no_map_data
-    configure_cartopy()
-    found = {
-        kind: _first_existing(names)
-        for kind, names in (("coastline", _COASTLINES), ("border", _BORDERS), ("lake", _LAKES))
-    }
-    features = [_read_feature(path, kind) for kind, path in found.items() if path is not None]
-    if not features and not _warned_no_map_data:
-        _warned_no_map_data = True
-        msg = (
-            "no offline map data found (searched cartopy's data folders and "
-            f"{', '.join(map(str, LOCAL_DATA_DIRS))}); maps are drawn without coastlines. "
-            "Install Debian's python-cartopy-data or set cartopy.config['pre_existing_data_dir']."
-        )
-        warnings.warn(msg, UserWarning, stacklevel=3)
-    return features
-
-
-# ------------------------------------------------------------------------------------------------- CRS
-
-
-class _GridProjection(ccrs.Projection):
-    """Any PROJ definition as a cartopy projection, bounded by a box around the data grid.
-
-    cartopy derives a projection's bounds from the CRS's area of use, which a custom radar CRS lacks; the
-    grid's own extent (padded) serves instead.
-    """
-
-    def __init__(self, crs: pyproj.CRS, bounds: tuple[float, float, float, float]) -> None:
-        super().__init__(crs.to_wkt())
-        self.bounds = bounds
-        self.threshold = min(bounds[1] - bounds[0], bounds[3] - bounds[2]) / 1000.0
-
-
-def _source_crs(attrs: dict[str, Any], name: str) -> pyproj.CRS:
-    """The pyproj CRS of a CF grid-mapping variable: WKT first (CF's authority), then proj4, then CF attrs."""
-    try:
-        for key in ("crs_wkt", "spatial_ref"):
-            if attrs.get(key):
-                return pyproj.CRS.from_wkt(str(attrs[key]))
-        for key in ("proj4", "proj4_params", "proj4text", "proj4_string"):
-            if attrs.get(key):
-                return pyproj.CRS.from_proj4(str(attrs[key]))
-        return pyproj.CRS.from_cf(attrs)
-    except pyproj.exceptions.CRSError as err:
-        raise ValueError(f"grid-mapping variable {name!r} does not define a CRS: {err}") from err
-
-
-def _globe(params: dict[str, Any]) -> ccrs.Globe:
-    towgs84 = params.get("towgs84")
-    if "a" in params or "R" in params:
-        a = float(params.get("a", params.get("R")))
-        b = float(params.get("b", a * (1 - 1 / float(params["rf"])) if "rf" in params else a))
-        return ccrs.Globe(semimajor_axis=a, semiminor_axis=b, ellipse=None, towgs84=towgs84)
-    return ccrs.Globe(ellipse=params.get("ellps", "WGS84"), datum=params.get("datum"), towgs84=towgs84)
-
-
-def _stereographic(source: pyproj.CRS) -> ccrs.Projection | None:
-    """cartopy's own Stereographic class when it reproduces ``source`` to a metre, else None."""
-    with warnings.catch_warnings():
-        # to_dict() warns that PROJ strings are lossy; the point check below catches any loss.
-        warnings.simplefilter("ignore", UserWarning)
-        params = source.to_dict()
-    if params.get("proj") != "stere":
-        return None
-    lat_0 = float(params.get("lat_0", 0.0))
-    polar = abs(lat_0) == 90.0
-    candidate = ccrs.Stereographic(
-        central_latitude=lat_0,
-        central_longitude=float(params.get("lon_0", 0.0)),
-        false_easting=float(params.get("x_0", 0.0)),
-        false_northing=float(params.get("y_0", 0.0)),
-        true_scale_latitude=float(params["lat_ts"]) if polar and "lat_ts" in params else None,
-        scale_factor=float(params["k_0"]) if "k_0" in params and "lat_ts" not in params else None,
-        globe=_globe(params),
-    )
-    # Check on points rather than comparing definitions: equal maps can have differently written strings.
-    lons, lats = (
-        np.array([params.get("lon_0", 0.0), 10.0, -60.0]),
-        np.array([60.0, 50.0, 70.0]) * np.sign(lat_0 or 1.0),
-    )
-    expected = pyproj.Transformer.from_crs("EPSG:4326", source, always_xy=True).transform(lons, lats)
-    got = candidate.transform_points(ccrs.Geodetic(), lons, lats)
-    return candidate if np.allclose(got[:, :2].T, expected, atol=1.0) else None
-
-
-def _spatial_coords(ds: xr.Dataset, da: xr.DataArray) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """1-D coordinate values of the variable's last two dims (y, x), None where there is none."""
-    ydim, xdim = da.dims[-2:]
-    y = np.asarray(ds[ydim].values, float) if ydim in ds.coords and ds[ydim].ndim == 1 else None
-    x = np.asarray(ds[xdim].values, float) if xdim in ds.coords and ds[xdim].ndim == 1 else None
-    return y, x
-
-
-def _edges(values: np.ndarray | None, n: int) -> tuple[float, float]:
-    v = np.arange(n, dtype=float) if values is None else values
-    step = abs(float(v[1] - v[0])) if v.size > 1 else 1.0
-    return float(v.min()) - step / 2, float(v.max()) + step / 2
-
-
-def _geographic_kind(ds: xr.Dataset, da: xr.DataArray) -> str | None:
-    """ "grid" for 1-D latitude/longitude dims, "curvilinear" for 2-D lat/lon coords, else None."""
-    ydim, xdim = da.dims[-2:]
-    if (ydim, xdim) in (("latitude", "longitude"), ("lat", "lon")):
-        return "grid"
-    names = {str(n) for n in da.coords} | {str(n) for n in ds.coords}
-    if {"lat", "lon"} <= names or {"latitude", "longitude"} <= names:
-        return "curvilinear"
-    return None
-
-
-def _grid_mapping(da: xr.DataArray) -> str | None:
-    # xarray moves the attribute to encoding when opened with decode_coords="all".
-    return da.attrs.get("grid_mapping") or da.encoding.get("grid_mapping")
-
-
-def crs_of(ds: xr.Dataset, var: str) -> ccrs.CRS | None:
-    """The cartopy CRS of a variable's grid, or None for a field without geography.
-
-    Parameters
-    ----------
-    ds
-        A dataset holding ``var`` and, where it names one, its CF grid-mapping variable.
-    var
-        The variable; its last two dims are (y, x).
-
-    Returns
-    -------
-    From the variable's ``grid_mapping`` (``crs_wkt``, ``proj4``/``proj4_params`` or CF attributes):
-    ``PlateCarree`` for a geographic CRS, cartopy's ``Stereographic`` for (polar) stereographic, otherwise
-    an exact projection built from the PROJ definition and bounded around the grid. Without a grid
-    mapping: ``PlateCarree`` when the field has latitude/longitude coordinates, else None.
-    """
-    da = ds[var]
-    name = _grid_mapping(da)
-    if name is None:
-        return ccrs.PlateCarree() if _geographic_kind(ds, da) else None
-    if name not in ds.variables:
-        raise ValueError(f"variable {var!r} names grid mapping {name!r}, which the dataset lacks")
-    source = _source_crs(dict(ds[name].attrs), name)
-    if source.is_geographic and not source.is_derived:
-        return ccrs.PlateCarree()
-    stereographic = _stereographic(source)
-    if stereographic is not None:
-        return stereographic
-    y, x = _spatial_coords(ds, da)
-    (x0, x1), (y0, y1) = _edges(x, da.shape[-1]), _edges(y, da.shape[-2])
-    pad_x, pad_y = (x1 - x0) / 2, (y1 - y0) / 2
-    return _GridProjection(source, (x0 - pad_x, x1 + pad_x, y0 - pad_y, y1 + pad_y))
 
 
 # ------------------------------------------------------------------------------------------ grid, style
@@ -314,77 +100,23 @@ def _grid_of(ds: xr.Dataset, var: str) -> _Grid:
     da = ds[var]
     ydim, xdim = (str(d) for d in da.dims[-2:])
     crs = crs_of(ds, var)
-    if crs is not None and _grid_mapping(da) is None and _geographic_kind(ds, da) == "curvilinear":
+    if crs is not None and grid_mapping_name(da) is None and geographic_kind(ds, da) == "curvilinear":
         lat_name, lon_name = ("lat", "lon") if "lat" in ds.coords else ("latitude", "longitude")
         lon, lat = np.asarray(ds[lon_name].values, float), np.asarray(ds[lat_name].values, float)
         extent = (np.nanmin(lon), np.nanmax(lon), np.nanmin(lat), np.nanmax(lat))
-        features = _projected_features(ccrs.PlateCarree(), extent)
+        features = projected_features(ccrs.PlateCarree(), extent)
         return _Grid("curvilinear", crs, extent, lon, lat, False, lonlat=(lon, lat), features=features)
-    y, x = _spatial_coords(ds, da)
+    y, x = spatial_coords(ds, da)
     y = np.arange(da.shape[-2], dtype=float) if y is None else y
     x = np.arange(da.shape[-1], dtype=float) if x is None else x
     if isinstance(crs, ccrs.PlateCarree) and x.max() > 180.0:
         # 0..360 longitudes: centre the map on the date line so the field stays one piece.
         crs, x = ccrs.PlateCarree(central_longitude=180.0), x - 180.0
-    (x0, x1), (y0, y1) = _edges(x, x.size), _edges(y, y.size)
+    (x0, x1), (y0, y1) = cell_edges(x, x.size), cell_edges(y, y.size)
     if crs is None:
         return _Grid("plain", None, (x0, x1, y0, y1), x, y, _is_regular(x) and _is_regular(y), (xdim, ydim))
-    features = _projected_features(crs, (x0, x1, y0, y1))
+    features = projected_features(crs, (x0, x1, y0, y1))
     return _Grid("grid", crs, (x0, x1, y0, y1), x, y, _is_regular(x) and _is_regular(y), features=features)
-
-
-def _lonlat_box(crs: ccrs.CRS, extent: tuple[float, float, float, float]) -> tuple[float, ...] | None:
-    """A lon/lat box holding the projected ``extent``, with margins; None where it would wrap the globe."""
-    x0, x1, y0, y1 = extent
-    t = np.linspace(0.0, 1.0, 33)
-    xs = np.concatenate([x0 + (x1 - x0) * t, np.full_like(t, x1), x1 - (x1 - x0) * t, np.full_like(t, x0)])
-    ys = np.concatenate([np.full_like(t, y0), y0 + (y1 - y0) * t, np.full_like(t, y1), y1 - (y1 - y0) * t])
-    points = ccrs.PlateCarree().transform_points(crs, xs, ys)
-    ok = np.isfinite(points[:, :2]).all(axis=1)
-    lon, lat = points[ok, 0], points[ok, 1]
-    poles = crs.transform_points(ccrs.PlateCarree(), np.zeros(2), np.array([90.0, -90.0]))
-    holds_pole = ((poles[:, 0] > x0) & (poles[:, 0] < x1) & (poles[:, 1] > y0) & (poles[:, 1] < y1)).any()
-    if not lon.size or holds_pole or lon.max() - lon.min() > 300:
-        return None
-    # Margins of 2 degrees: a projected box's edges bulge between the sampled points.
-    lon0, lon1 = max(lon.min() - 2, -180.0), min(lon.max() + 2, 180.0)
-    return (lon0, lon1, max(lat.min() - 2, -90.0), min(lat.max() + 2, 90.0))
-
-
-def _graticule(box: tuple[float, ...] | None) -> cfeature.Feature:
-    """Meridians and parallels, about 3 to 8 across ``box``: they place a map where coastlines are sparse."""
-    lon0, lon1, lat0, lat1 = box if box is not None else (-180.0, 180.0, -90.0, 90.0)
-    span = max(lon1 - lon0, lat1 - lat0)
-    step = next((s for s in (0.5, 1.0, 2.0, 5.0, 10.0, 15.0) if span / s <= 8), 30.0)
-    lons = np.arange(np.floor(lon0 / step) * step, lon1 + step, step)
-    lats = np.arange(np.floor(lat0 / step) * step, lat1 + step, step)
-    dense_lat, dense_lon = np.linspace(max(lat0, -89.9), min(lat1, 89.9), 100), np.linspace(lon0, lon1, 200)
-    lines = [shapely.LineString(np.column_stack([np.full(100, lon), dense_lat])) for lon in lons]
-    lats = lats[np.abs(lats) < 90]
-    lines += [shapely.LineString(np.column_stack([dense_lon, np.full(200, lat)])) for lat in lats]
-    return cfeature.ShapelyFeature(lines, ccrs.PlateCarree(), facecolor="none", **_FEATURE_STYLE["graticule"])
-
-
-def _projected_features(crs: ccrs.CRS, extent: tuple[float, float, float, float]) -> tuple[Any, ...]:
-    """Map features projected into ``crs`` and clipped to ``extent`` once, for every panel of a grid.
-
-    cartopy would otherwise re-project every coastline for each new axes, which dominates drawing time.
-    """
-    centred = isinstance(crs, ccrs.PlateCarree) and crs.proj4_params.get("lon_0", 0.0) != 0.0
-    box = None if centred else _lonlat_box(crs, extent)
-    clip = shapely.box(extent[0], extent[2], extent[1], extent[3])
-    projected = []
-    for feature in [*_map_features(), _graticule(box)]:
-        geometries = []
-        for geometry in feature.intersecting_geometries(box):
-            # Outlines only, projected as lines: cartopy's polygon projection relies on ring orientation,
-            # which GSHHS lake rings get wrong, and turns such lakes into stray fragments.
-            outline = geometry.boundary if geometry.geom_type in ("Polygon", "MultiPolygon") else geometry
-            clipped = crs.project_geometry(outline, ccrs.PlateCarree()).intersection(clip)
-            if not clipped.is_empty:
-                geometries.append(clipped)
-        projected.append(cfeature.ShapelyFeature(geometries, crs, **feature.kwargs))
-    return tuple(projected)
 
 
 def _oriented(grid: _Grid, values: np.ndarray) -> np.ndarray:

@@ -1,3 +1,8 @@
+"""Tests of dydiff_earth.data: Fields, segments, normalisation, laziness, load_frames, prepare.
+
+Opening sources (paths, formats, dims, time checks) is tested in test_sources.py.
+"""
+
 from __future__ import annotations
 
 import contextlib
@@ -7,11 +12,11 @@ from pathlib import Path
 
 import dask
 import numpy as np
-import pandas as pd
 import pytest
 import xarray as xr
 import zarr
 import zarr.storage
+from _data_fixtures import make_ds
 
 from dydiff_earth import io
 from dydiff_earth.data import (
@@ -22,39 +27,10 @@ from dydiff_earth.data import (
     load_frames,
     normalize,
     open_fields,
-    parse_time_range,
     prepare,
     window_starts,
 )
 from dydiff_earth.errors import InputError
-
-
-def make_ds(
-    nt: int = 6,
-    ny: int = 4,
-    nx: int = 5,
-    *,
-    name: str = "precip",
-    units: str = "mm h-1",
-    start: str = "2020-01-01",
-    freq: str = "5min",
-    seed: int = 0,
-) -> xr.Dataset:
-    """Tiny CF dataset: rain-like values (gamma, some zeros) on a y/x grid with a ``crs`` variable."""
-    rng = np.random.default_rng(seed)
-    values = (rng.gamma(0.5, 2.0, (nt, ny, nx)) * (rng.random((nt, ny, nx)) > 0.3)).astype(np.float32)
-    attrs = {"units": units, "long_name": "test field", "grid_mapping": "crs"}
-    return xr.Dataset(
-        {
-            name: (("time", "y", "x"), values, attrs),
-            "crs": ((), np.int32(0), {"grid_mapping_name": "transverse_mercator"}),
-        },
-        coords={
-            "time": pd.date_range(start, periods=nt, freq=freq),
-            "y": ("y", np.arange(ny) * 1000.0, {"standard_name": "projection_y_coordinate", "units": "m"}),
-            "x": ("x", np.arange(nx) * 1000.0, {"standard_name": "projection_x_coordinate", "units": "m"}),
-        },
-    )
 
 
 @contextlib.contextmanager
@@ -69,57 +45,6 @@ def raise_if_dask_computes() -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------------------ bad input
-
-
-def test_missing_path(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="does not exist"):
-        open_fields(tmp_path / "nope.nc")
-
-
-def test_glob_matching_nothing(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="no files match"):
-        open_fields(str(tmp_path / "*.nc"))
-
-
-def test_unknown_format(tmp_path: Path) -> None:
-    path = tmp_path / "notes.txt"
-    path.write_text("not a dataset")
-    with pytest.raises(InputError, match="unknown format"):
-        open_fields(path)
-
-
-def test_misspelled_variable_lists_available(tmp_path: Path) -> None:
-    make_ds().to_netcdf(tmp_path / "a.nc")
-    with pytest.raises(InputError, match=r"'precp' not found; did you mean 'precip'\? available: precip"):
-        open_fields(tmp_path / "a.nc", ["precp"])
-
-
-def test_no_time_dim(tmp_path: Path) -> None:
-    make_ds().rename({"time": "step"}).to_netcdf(tmp_path / "a.nc")
-    with pytest.raises(InputError, match="no time dim"):
-        open_fields(tmp_path / "a.nc")
-
-
-def test_no_spatial_dims(tmp_path: Path) -> None:
-    make_ds().rename({"y": "a", "x": "b"}).drop_vars(["a", "b"]).to_netcdf(tmp_path / "a.nc")
-    with pytest.raises(InputError, match="no spatial dims"):
-        open_fields(tmp_path / "a.nc")
-
-
-def test_spatial_dims_from_cf_marks(tmp_path: Path) -> None:
-    ds = make_ds().rename({"y": "northing", "x": "easting"})
-    ds["northing"].attrs = {"axis": "Y"}
-    ds.to_netcdf(tmp_path / "a.nc")
-    fields = open_fields(tmp_path / "a.nc")
-    # northing by its axis, easting by its standard_name (projection_x_coordinate).
-    assert (fields.y_dim, fields.x_dim) == ("northing", "easting") and fields.shape == (4, 5)
-
-
-@pytest.mark.parametrize(("order", "message"), [([0, 2, 1, 3], "not increasing"), ([0, 1, 1, 2], "twice")])
-def test_bad_time_order(tmp_path: Path, order: list[int], message: str) -> None:
-    make_ds().isel(time=order).to_netcdf(tmp_path / "a.nc")
-    with pytest.raises(InputError, match=message):
-        open_fields(tmp_path / "a.nc")
 
 
 def test_all_nan_variable(tmp_path: Path) -> None:
@@ -143,19 +68,6 @@ def test_stats_with_other_units(tmp_path: Path) -> None:
     spec = VariableSpec("precip", "kg m-2 s-1", "log1p", 0.0, 1.0)
     with pytest.raises(InputError, match="'mm h-1' but the model expects 'kg m-2 s-1'"):
         open_fields(tmp_path / "a.nc", stats=[spec])
-
-
-@pytest.mark.parametrize("text", ["2020-01-01", "a:b", "2020-01-02:2020-01-01", "2020-13-01:"])
-def test_bad_time_range(text: str) -> None:
-    with pytest.raises(InputError):
-        parse_time_range(text)
-
-
-def test_time_range_with_colons_in_times() -> None:
-    assert parse_time_range("2020-01-01T00:05:00:2020-01-01T00:15") == slice(
-        "2020-01-01T00:05:00", "2020-01-01T00:15"
-    )
-    assert parse_time_range(":2020-01-02") == slice(None, "2020-01-02")
 
 
 # ------------------------------------------------------------------------------------- sources, time

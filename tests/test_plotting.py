@@ -1,4 +1,7 @@
-"""Tests of dydiff_earth.plotting: files written, projections, offline map data, real radar grid."""
+"""Tests of dydiff_earth.plotting: files written, styles, lead tags, plotting without map data, radar grid.
+
+CRS detection and offline map data are tested in test_geo.py.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +18,9 @@ import pytest
 import xarray as xr
 from PIL import Image
 
-from dydiff_earth import plotting, schema
+from dydiff_earth import geo, plotting, schema
 
 matplotlib.use("Agg")
-
-DEBIAN_DATA = Path("/usr/share/cartopy/data")
 
 
 def _expected_size(n_panels: int, ds: xr.Dataset, var: str) -> tuple[int, int]:
@@ -54,10 +55,10 @@ def no_map_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """Point every map-data folder at an empty directory."""
     empty = tmp_path / "empty"
     empty.mkdir()
-    monkeypatch.setattr(plotting, "LOCAL_DATA_DIRS", (empty,))
+    monkeypatch.setattr(geo, "LOCAL_DATA_DIRS", (empty,))
     monkeypatch.setitem(cartopy.config, "pre_existing_data_dir", empty)
     monkeypatch.setitem(cartopy.config, "data_dir", empty)
-    monkeypatch.setattr(plotting, "_warned_no_map_data", False)
+    monkeypatch.setattr(geo, "_warned_no_map_data", False)
     return empty
 
 
@@ -90,32 +91,11 @@ def test_default_leads_are_first_middle_last(tmp_path: Path) -> None:
 
 def test_polar_stereographic_case(tmp_path: Path, no_network: list[str]) -> None:
     ds = fixtures.polar_stereographic_precip(n_members=3, n_leads=2)
-    crs = plotting.crs_of(ds, "precip")
-    assert isinstance(crs, ccrs.Stereographic)
-    # The grid's own 2-D lat/lon land on its x/y through the returned CRS (to 1 m).
-    xy = crs.transform_points(ccrs.Geodetic(), ds.lon.values.ravel(), ds.lat.values.ravel())
-    xx, yy = np.meshgrid(ds.x.values, ds.y.values)
-    np.testing.assert_allclose(xy[:, 0], xx.ravel(), atol=1.0)
-    np.testing.assert_allclose(xy[:, 1], yy.ravel(), atol=1.0)
+    assert isinstance(plotting._grid_of(ds, "precip").crs, ccrs.Stereographic)
     paths = plotting.plot_forecast(ds, tmp_path, truth=fixtures.truth_for(ds, "precip"), members=2)
     assert len(paths) == 2 * 4 + 1
     _check_png(tmp_path / "precip_members_lead0100.png", _expected_size(3, ds, "precip"))
     assert no_network == []
-
-
-def test_crs_from_cf_attributes_alone() -> None:
-    ds = fixtures.polar_stereographic_precip()
-    ds["crs"].attrs.pop("proj4")
-    assert isinstance(plotting.crs_of(ds, "precip"), ccrs.Stereographic)
-
-
-def test_crs_of_kinds() -> None:
-    assert isinstance(plotting.crs_of(fixtures.latlon_precip(), "precip"), ccrs.PlateCarree)
-    assert plotting.crs_of(fixtures.turbulence(), "u") is None
-    broken = fixtures.polar_stereographic_precip()
-    broken["precip"].attrs["grid_mapping"] = "missing"
-    with pytest.raises(ValueError, match="missing"):
-        plotting.crs_of(broken, "precip")
 
 
 def test_turbulence_is_drawn_as_plain_images(tmp_path: Path) -> None:
@@ -158,15 +138,6 @@ def test_lead_tags() -> None:
     minutes = np.array([5, 30, 90], dtype="timedelta64[m]")
     assert plotting._lead_tags(minutes) == ["0005", "0030", "0130"]
     assert plotting._lead_tags(np.array([6, 48], dtype="timedelta64[h]")) == ["+6h", "+48h"]
-
-
-def test_configure_cartopy_with_debian_data(monkeypatch: pytest.MonkeyPatch) -> None:
-    if not (DEBIAN_DATA / "shapefiles").is_dir():
-        pytest.skip(f"{DEBIAN_DATA} absent (apt-get install python-cartopy-data)")
-    monkeypatch.setitem(cartopy.config, "pre_existing_data_dir", Path("."))
-    assert plotting.configure_cartopy() is True
-    assert Path(cartopy.config["pre_existing_data_dir"]) == DEBIAN_DATA
-    assert plotting._map_features(), "coastlines from the Debian data"
 
 
 def test_without_map_data_plots_and_warns_once(

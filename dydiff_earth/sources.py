@@ -1,0 +1,299 @@
+"""Opening gridded sources: paths, formats, dims, variables, grid mapping and the time axis.
+
+`open_source` turns a zarr store, a NetCDF file, a glob of NetCDF files or a list of these into a lazy
+(dask) ``xr.Dataset`` of the chosen variables and times: the time and spatial dims found (CF marks first,
+then the usual names), times decoded to datetimes and checked (none missing, none repeated, increasing).
+No data is read. Time segments, normalisation and arrays belong to :mod:`dydiff_earth.data`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import glob
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import xarray as xr
+
+from dydiff_earth import schema
+from dydiff_earth.errors import InputError, MissingVariableError
+
+_ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")
+_NETCDF_SUFFIXES = frozenset({".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5"})
+_NETCDF_MAGIC = (b"CDF\x01", b"CDF\x02", b"CDF\x05", b"\x89HDF\r\n\x1a\n")
+_Y_MARKS = frozenset({"projection_y_coordinate", "latitude", "grid_latitude"})
+_X_MARKS = frozenset({"projection_x_coordinate", "longitude", "grid_longitude"})
+
+
+# ---------------------------------------------------------------------------------------------- opening
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _expand(source: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Paths named by ``source``: one path, a glob pattern, or a list of either."""
+    items = [source] if isinstance(source, (str, Path)) else list(source)
+    if not items:
+        raise InputError("no input given; pass a zarr store, a NetCDF file or a glob of NetCDF files")
+    paths: list[Path] = []
+    for item in items:
+        text = str(item)
+        if isinstance(item, str) and glob.has_magic(text):
+            matches = sorted(glob.glob(text))
+            if not matches:
+                raise InputError(f"no files match {text!r}; check the pattern and quote it in the shell")
+            paths.extend(Path(m) for m in matches)
+        elif not Path(text).exists():
+            raise InputError(f"input {text!r} does not exist; check the path")
+        else:
+            paths.append(Path(text))
+    return paths
+
+
+def _format(path: Path) -> Literal["zarr", "netcdf"]:
+    if path.is_dir():
+        if path.suffix == ".zarr" or any((path / m).exists() for m in _ZARR_MARKERS):
+            return "zarr"
+        raise InputError(f"directory {str(path)!r} is not a zarr store (no zarr.json or .zgroup)")
+    if path.suffix.lower() in _NETCDF_SUFFIXES:
+        return "netcdf"
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if any(head.startswith(magic) for magic in _NETCDF_MAGIC):
+        return "netcdf"
+    raise InputError(
+        f"unknown format of {str(path)!r}; give a zarr store (directory or .zarr) or a NetCDF file (.nc)"
+    )
+
+
+def _open_raw(paths: list[Path], chunks: dict[str, int] | None) -> xr.Dataset:
+    """Open lazily with dask: one time step per chunk for NetCDF, the store's chunks for zarr."""
+    formats = {_format(p) for p in paths}
+    if len(formats) > 1:
+        raise InputError("inputs mix zarr stores and NetCDF files; convert them to one format")
+    fmt = formats.pop()
+    # zarr: local stores are cheap to list, and asking for consolidated metadata makes zarr 3 warn.
+    kwargs: dict = {"engine": "zarr", "consolidated": False} if fmt == "zarr" else {}
+    if chunks is None and fmt == "netcdf":
+        with xr.open_dataset(paths[0], chunks=None) as peek:
+            chunks = _netcdf_chunks(peek)
+    elif chunks is None:
+        chunks = {}
+    try:
+        if len(paths) == 1:
+            return xr.open_dataset(paths[0], chunks=chunks, **kwargs)
+        # Explicit combine options: concatenate along time only, take everything else from the first
+        # file, and insist on identical grids (xarray's defaults for these are changing).
+        return xr.open_mfdataset(
+            paths,
+            chunks=chunks,
+            combine="by_coords",
+            data_vars="minimal",
+            coords="minimal",
+            compat="override",
+            join="exact",
+            **kwargs,
+        )
+    except InputError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        what = str(paths[0]) if len(paths) == 1 else f"{len(paths)} files"
+        raise InputError(f"cannot open {what} as {fmt}: {_one_line(err)}") from None
+
+
+def _netcdf_chunks(peek: xr.Dataset) -> dict[str, int]:
+    """One frame per dask chunk, unless the file stores several frames per chunk: then its own chunks,
+    since splitting a stored chunk would decompress it once per frame (and xarray warns)."""
+    tdim = _time_dim(peek)
+    for var in peek.data_vars.values():
+        stored = var.encoding.get("chunksizes")
+        if tdim in var.dims and stored and stored[var.dims.index(tdim)] > 1:
+            return {}
+    return {tdim: 1}
+
+
+def _time_dim(ds: xr.Dataset) -> str:
+    """CF marks first (``standard_name = time`` or ``axis = T``), then the usual names."""
+    for dim in ds.dims:
+        if dim in ds.variables:
+            attrs = ds[dim].attrs
+            if attrs.get("standard_name") == "time" or attrs.get("axis") == "T":
+                return str(dim)
+    for name in schema.TIME_NAMES:
+        if name in ds.dims:
+            return name
+    raise InputError(
+        f"no time dim among {sorted(map(str, ds.dims))}; name it 'time' or set standard_name='time' on it"
+    )
+
+
+def _spatial_dims(ds: xr.Dataset) -> tuple[str, str]:
+    for y, x in schema.SPATIAL_DIM_PAIRS:
+        if y in ds.dims and x in ds.dims:
+            return y, x
+
+    def marked(marks: frozenset[str], axis: str) -> str | None:
+        for dim in ds.dims:
+            if dim in ds.variables:
+                attrs = ds[dim].attrs
+                if attrs.get("axis") == axis or attrs.get("standard_name") in marks:
+                    return str(dim)
+        return None
+
+    ym, xm = marked(_Y_MARKS, "Y"), marked(_X_MARKS, "X")
+    if ym is None or xm is None or ym == xm:
+        raise InputError(
+            f"no spatial dims recognised among {sorted(map(str, ds.dims))}; name them y/x or "
+            "latitude/longitude, or set axis='Y'/'X' on their coordinates"
+        )
+    return ym, xm
+
+
+def _choose_variables(
+    ds: xr.Dataset, requested: Sequence[str] | None, dims: tuple[str, str, str]
+) -> list[str]:
+    fit = [str(n) for n, v in ds.data_vars.items() if set(v.dims) == set(dims)]
+    if requested is None:
+        if not fit:
+            raise InputError(f"no variable has dims {dims}; variables are {sorted(map(str, ds.data_vars))}")
+        return fit
+    if isinstance(requested, str):
+        requested = [requested]
+    for name in requested:
+        if name not in ds.data_vars:
+            close = difflib.get_close_matches(name, fit, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise MissingVariableError(
+                f"variable {name!r} not found; {hint}available: {', '.join(fit) or 'none'}"
+            )
+        if set(ds[name].dims) != set(dims):
+            raise InputError(
+                f"variable {name!r} has dims {ds[name].dims}, expected {dims}; select a single level first"
+            )
+    if len(set(requested)) != len(requested):
+        raise InputError(f"variables {list(requested)} repeat a name; give each once")
+    return list(requested)
+
+
+def _grid_mapping(ds: xr.Dataset, names: Sequence[str]) -> str | None:
+    for name in names:
+        value = ds[name].attrs.get("grid_mapping") or ds[name].encoding.get("grid_mapping")
+        if value:
+            # CF's extended form "crs: x y" names the variable before the colon.
+            gm = str(value).split(":")[0].split()[0]
+            if gm in ds.variables:
+                return gm
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ time
+
+
+_DATE = r"\d{4}(-\d{2}(-\d{2}([T ]\d{2}(:\d{2}(:\d{2}(\.\d+)?)?)?)?)?)?Z?"
+
+
+def parse_time_range(text: str) -> slice:
+    """Parse ``"START:END"`` (ISO dates or datetimes, either side may be empty) into a label slice.
+
+    Both ends are inclusive and partial dates cover their whole period (pandas partial-string
+    indexing): ``"2019-03-01:2019-03-24"`` includes every hour of 24 March.
+    """
+    text = text.strip()
+    splits = []
+    for i, char in enumerate(text):
+        if char != ":":
+            continue
+        start, end = text[:i].strip(), text[i + 1 :].strip()
+        if all(s == "" or re.fullmatch(_DATE, s) for s in (start, end)):
+            splits.append((start, end))
+    if len(splits) != 1:
+        raise InputError(f"bad time range {text!r}; write START:END, e.g. 2019-03-01:2019-03-24T23:00")
+    lo, hi = (s.rstrip("Z") or None for s in splits[0])
+    try:
+        bounds = [np.datetime64(s.replace(" ", "T")) if s else None for s in (lo, hi)]
+    except ValueError:
+        raise InputError(f"bad date in time range {text!r}; use ISO dates like 2019-03-01T06:00") from None
+    if bounds[0] is not None and bounds[1] is not None and bounds[0] > bounds[1]:
+        raise InputError(f"time range {text!r} ends before it starts; swap START and END")
+    return slice(lo, hi)
+
+
+def _as_datetimes(ds: xr.Dataset, tdim: str) -> xr.Dataset:
+    if tdim not in ds.coords:
+        raise InputError(f"time dim {tdim!r} has no coordinate; add one with the frame times")
+    values = ds[tdim].values
+    if np.issubdtype(values.dtype, np.datetime64):
+        return ds
+    try:
+        return ds.assign_coords({tdim: ds.indexes[tdim].to_datetimeindex(time_unit="ns")})
+    except (AttributeError, TypeError, ValueError):
+        raise InputError(
+            f"time coordinate {tdim!r} is not a datetime; give it CF units like 'minutes since 2020-01-01'"
+        ) from None
+
+
+def _check_times(times: np.ndarray, tdim: str) -> None:
+    if np.isnat(times).any():
+        raise InputError(f"time coordinate {tdim!r} holds missing values; drop those frames")
+    diffs = np.diff(times)
+    zero = np.flatnonzero(diffs == np.timedelta64(0))
+    if zero.size:
+        raise InputError(
+            f"time {times[zero[0]]} appears twice in {tdim!r}; drop duplicates, e.g. "
+            f"ds.drop_duplicates({tdim!r})"
+        )
+    back = np.flatnonzero(diffs < np.timedelta64(0))
+    if back.size:
+        i = int(back[0])
+        raise InputError(
+            f"times in {tdim!r} are not increasing ({times[i]} then {times[i + 1]} at index {i + 1}); "
+            f"sort them, e.g. ds.sortby({tdim!r})"
+        )
+
+
+# ----------------------------------------------------------------------------------------- public API
+
+
+def open_source(
+    source: str | Path | Sequence[str | Path],
+    variables: Sequence[str] | None = None,
+    chunks: dict[str, int] | None = None,
+    time: str | slice | None = None,
+) -> tuple[xr.Dataset, list[str], str, str, str, str | None]:
+    """Open, find dims, validate times and pick variables; no data is read.
+
+    Parameters
+    ----------
+    source, variables, chunks, time
+        As for `dydiff_earth.data.open_fields`.
+
+    Returns
+    -------
+    tuple
+        ``(dataset, names, time_dim, y_dim, x_dim, grid_mapping)``: the lazy dataset of the chosen
+        variables (the grid-mapping variable a coordinate) and times, at least 2 frames; the variable
+        names in order; the dims; the grid-mapping variable's name or None.
+    """
+    raw = _open_raw(_expand(source), chunks)
+    tdim = _time_dim(raw)
+    ydim, xdim = _spatial_dims(raw)
+    raw = _as_datetimes(raw, tdim)
+    _check_times(raw[tdim].values, tdim)
+    names = _choose_variables(raw, variables, (tdim, ydim, xdim))
+    gm = _grid_mapping(raw, names)
+    ds = (raw.set_coords(gm) if gm else raw)[names]
+    if time is not None:
+        window = parse_time_range(time) if isinstance(time, str) else time
+        ds = ds.sel({tdim: window})
+    if ds.sizes[tdim] < 2:
+        raise InputError(
+            f"{ds.sizes[tdim]} frame(s) selected; at least 2 are needed to know the time step, "
+            "widen the time range"
+        )
+    return ds, names, tdim, ydim, xdim, gm

@@ -1,0 +1,72 @@
+"""Tests of dydiff_earth.geo: CRS from CF grid mappings, offline map data, projected map features."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import _forecast_fixtures as fixtures
+import cartopy
+import cartopy.crs as ccrs
+import numpy as np
+import pytest
+import shapely
+
+from dydiff_earth import geo
+
+DEBIAN_DATA = Path("/usr/share/cartopy/data")
+
+
+def test_polar_stereographic_crs_matches_grid() -> None:
+    ds = fixtures.polar_stereographic_precip(n_members=3, n_leads=2)
+    crs = geo.crs_of(ds, "precip")
+    assert isinstance(crs, ccrs.Stereographic)
+    # The grid's own 2-D lat/lon land on its x/y through the returned CRS (to 1 m).
+    xy = crs.transform_points(ccrs.Geodetic(), ds.lon.values.ravel(), ds.lat.values.ravel())
+    xx, yy = np.meshgrid(ds.x.values, ds.y.values)
+    np.testing.assert_allclose(xy[:, 0], xx.ravel(), atol=1.0)
+    np.testing.assert_allclose(xy[:, 1], yy.ravel(), atol=1.0)
+
+
+def test_crs_from_cf_attributes_alone() -> None:
+    ds = fixtures.polar_stereographic_precip()
+    ds["crs"].attrs.pop("proj4")
+    assert isinstance(geo.crs_of(ds, "precip"), ccrs.Stereographic)
+
+
+def test_crs_of_kinds() -> None:
+    assert isinstance(geo.crs_of(fixtures.latlon_precip(), "precip"), ccrs.PlateCarree)
+    assert geo.crs_of(fixtures.turbulence(), "u") is None
+    broken = fixtures.polar_stereographic_precip()
+    broken["precip"].attrs["grid_mapping"] = "missing"
+    with pytest.raises(ValueError, match="missing"):
+        geo.crs_of(broken, "precip")
+
+
+def test_configure_cartopy_with_debian_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not (DEBIAN_DATA / "shapefiles").is_dir():
+        pytest.skip(f"{DEBIAN_DATA} absent (apt-get install python-cartopy-data)")
+    monkeypatch.setitem(cartopy.config, "pre_existing_data_dir", Path("."))
+    assert geo.configure_cartopy() is True
+    assert Path(cartopy.config["pre_existing_data_dir"]) == DEBIAN_DATA
+    assert geo._map_features(), "coastlines from the Debian data"
+
+
+def test_projected_features_without_map_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setattr(geo, "LOCAL_DATA_DIRS", (empty,))
+    monkeypatch.setitem(cartopy.config, "pre_existing_data_dir", empty)
+    monkeypatch.setitem(cartopy.config, "data_dir", empty)
+    monkeypatch.setattr(geo, "_warned_no_map_data", False)
+    ds = fixtures.polar_stereographic_precip()
+    x0, x1 = geo.cell_edges(ds.x.values, ds.x.size)
+    y0, y1 = geo.cell_edges(ds.y.values, ds.y.size)
+    with pytest.warns(UserWarning, match="no offline map data"):
+        (graticule,) = geo.projected_features(geo.crs_of(ds, "precip"), (x0, x1, y0, y1))
+    lines = list(graticule.geometries())
+    # Meridians and parallels cross the grid, projected and clipped to its box (1 m tolerance).
+    assert lines and all(shapely.box(x0, y0, x1, y1).buffer(1.0).covers(line) for line in lines)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        geo.projected_features(geo.crs_of(ds, "precip"), (x0, x1, y0, y1))
