@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from dydiff_earth import __version__, io
 from dydiff_earth.config import DiffusionConfig, ModelConfig, TrainConfig
 from dydiff_earth.data import Fields, window_starts
-from dydiff_earth.diffusion import diffusion_loss, make_schedule
+from dydiff_earth.diffusion import Schedule, diffusion_loss, make_schedule
 from dydiff_earth.errors import InputError
 from dydiff_earth.model import ConditionedDenoiser
 from dydiff_earth.patches import WindowStream
@@ -125,6 +125,29 @@ def _with_mask(net: torch.nn.Module, valid: torch.Tensor) -> Callable[..., torch
     return lambda x, t, context: net(x, t, context, valid)
 
 
+def _batch_loss(
+    net: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    schedule: Schedule,
+    diff_cfg: DiffusionConfig,
+    context: int,
+    generator: torch.Generator,
+    device: torch.device,
+) -> torch.Tensor:
+    """The DyDiff loss of one batch of windows, the first ``context`` frames given as condition."""
+    frames = batch["frames"].to(device, non_blocking=True)
+    valid = batch["valid"].to(device, non_blocking=True)
+    return diffusion_loss(
+        _with_mask(net, valid),
+        frames,
+        context=frames[:, :context],
+        schedule=schedule,
+        cfg=diff_cfg,
+        generator=generator,
+        valid=valid,
+    )
+
+
 def _distributed() -> tuple[int, int]:
     """(rank, world size), initialising the process group when launched by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -204,18 +227,7 @@ def validation_loss(
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 104729)
     losses = []
     for batch in _batches(stream, cfg.batch_size, 0):
-        frames = batch["frames"].to(device)
-        valid = batch["valid"].to(device)
-        loss = diffusion_loss(
-            _with_mask(denoiser, valid),
-            frames,
-            context=frames[:, : cfg.context],
-            schedule=schedule,
-            cfg=diff_cfg,
-            generator=gen,
-            valid=valid,
-        )
-        losses.append(float(loss))
+        losses.append(float(_batch_loss(denoiser, batch, schedule, diff_cfg, cfg.context, gen, device)))
     return float(np.mean(losses))
 
 
@@ -273,18 +285,8 @@ def fit(
     batches = _batches(stream, cfg.batch_size, cfg.num_workers)
     while step < cfg.steps:
         batch = next(batches)
-        frames = batch["frames"].to(dev, non_blocking=True)
-        valid = batch["valid"].to(dev, non_blocking=True)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
-            loss = diffusion_loss(
-                _with_mask(model, valid),
-                frames,
-                context=frames[:, : cfg.context],
-                schedule=schedule,
-                cfg=diff_cfg,
-                generator=gen,
-                valid=valid,
-            )
+            loss = _batch_loss(model, batch, schedule, diff_cfg, cfg.context, gen, dev)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -292,7 +294,7 @@ def fit(
         opt.step()
         ema.update(denoiser, step)
         step += 1
-        seen += frames.shape[0] * world
+        seen += batch["frames"].shape[0] * world
         loss_value = float(loss.detach())
         rate = seen / max(time.perf_counter() - t0, 1e-9)
         if val_starts and (step % cfg.validate_every == 0 or step == cfg.steps):
