@@ -7,6 +7,7 @@ Exit status: 0 success, 1 unexpected failure, 2 bad input or options, 3 stale in
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -159,6 +160,8 @@ def train(
         result = training.fit(
             fields, model_cfg, diff_cfg, cfg, output, resume=resume, device=device, progress=report
         )
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun only rank 0 writes the checkpoint, so only it reports
     val = f", validation loss {result.validation_loss:.4f}" if result.validation_loss is not None else ""
     console.print(
         f"wrote {result.checkpoint} after {result.steps} steps: train loss {result.train_loss:.4f}{val}, "

@@ -99,3 +99,45 @@ def test_ema_forgets_the_initial_weights_early() -> None:
     for step in range(20):
         ema.update(net, step)
     assert float(ema.shadow["weight"].min()) > 0.99  # without warm-up: 1 - 0.999**20 = 0.02
+
+
+@pytest.mark.slow
+def test_torchrun_data_parallel_on_cpu(tmp_path: Path) -> None:
+    """Two processes (gloo) train one model; rank 0 alone writes the checkpoint and reports."""
+    import os
+    import subprocess
+    import sys
+
+    store = io.write_zarr(testing.tiny_field(frames=24, size=(16, 16)), tmp_path / "f.zarr")
+    out = tmp_path / "ddp.safetensors"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    args = [
+        "--data",
+        store,
+        "--preset",
+        "tiny",
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--context",
+        "2",
+        "--horizon",
+        "2",
+        "--patch",
+        "16",
+        "--output",
+        out,
+        "--quiet",
+    ]
+    done = subprocess.run(
+        [torchrun, "--nproc-per-node", "2", "-m", "dydiff_earth.cli", "train", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("wrote") + done.stderr.count("wrote") == 1
+    _, meta = io.load_checkpoint(out)
+    assert meta["step"] == 2
