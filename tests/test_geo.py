@@ -52,13 +52,7 @@ def test_configure_cartopy_with_debian_data(monkeypatch: pytest.MonkeyPatch) -> 
     assert geo._map_features(), "coastlines from the Debian data"
 
 
-def test_projected_features_without_map_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    monkeypatch.setattr(geo, "LOCAL_DATA_DIRS", (empty,))
-    monkeypatch.setitem(cartopy.config, "pre_existing_data_dir", empty)
-    monkeypatch.setitem(cartopy.config, "data_dir", empty)
-    monkeypatch.setattr(geo, "_warned_no_map_data", False)
+def test_projected_features_without_map_data(no_map_data: Path) -> None:
     ds = fixtures.polar_stereographic_precip()
     x0, x1 = geo.cell_edges(ds.x.values, ds.x.size)
     y0, y1 = geo.cell_edges(ds.y.values, ds.y.size)

@@ -18,7 +18,7 @@ import pytest
 import xarray as xr
 from PIL import Image
 
-from dydiff_earth import geo, plotting, schema
+from dydiff_earth import plotting, schema
 
 matplotlib.use("Agg")
 
@@ -48,18 +48,6 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     if hasattr(cartopy.io, "urlopen"):
         monkeypatch.setattr(cartopy.io, "urlopen", refuse)
     return calls
-
-
-@pytest.fixture
-def no_map_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Point every map-data folder at an empty directory."""
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    monkeypatch.setattr(geo, "LOCAL_DATA_DIRS", (empty,))
-    monkeypatch.setitem(cartopy.config, "pre_existing_data_dir", empty)
-    monkeypatch.setitem(cartopy.config, "data_dir", empty)
-    monkeypatch.setattr(geo, "_warned_no_map_data", False)
-    return empty
 
 
 def test_latlon_precip_writes_maps_members_and_gif(tmp_path: Path, no_network: list[str]) -> None:
