@@ -147,7 +147,8 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
         return value
     if isinstance(default, tuple) and isinstance(value, (list, tuple)):
         return tuple(value)
-    raise InputError(f"key {key!r} must be a {type(default).__name__}, not {value!r}")
+    kind = {int: "an integer", float: "a number", str: "text", tuple: "a list"}.get(type(default), "a value")
+    raise InputError(f"key {key!r} must be {kind}, not {value!r}")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -25,7 +25,8 @@ def _fsync_tree(path: Path) -> None:
             os.close(fd)
 
 
-def _remove(path: Path) -> None:
+def remove(path: Path) -> None:
+    """Remove a file, link or directory tree if it exists."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
@@ -62,7 +63,7 @@ def publish(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
             os.close(dir_fd)
     finally:
         if tmp.exists():
-            _remove(tmp)
+            remove(tmp)
 
 
 def write_zarr(ds: xr.Dataset, path: str | Path, *, encoding: dict | None = None) -> Path:

@@ -27,6 +27,7 @@ from dydiff_earth.errors import InputError, StaleInputError
 
 if TYPE_CHECKING:
     from dydiff_earth.data import Fields
+    from dydiff_earth.forecast import LoadedModel
 
 STATUS_FILE = "latest.json"
 LOCK_FILE = ".dydiff-run.lock"
@@ -210,7 +211,7 @@ def _clean_temporaries(directory: Path) -> int:
     """Remove temporaries of killed runs; call only while holding the lock, so none is being written."""
     doomed = _temporaries(directory)
     for tmp in doomed:
-        io._remove(tmp)
+        io.remove(tmp)
     return len(doomed)
 
 
@@ -249,14 +250,20 @@ def _retain(job: JobConfig, now: pd.Timestamp) -> list[Path]:
     expired = _expired(job, [when for when, _ in found], now)
     doomed = [p for when, p in found if when in expired]
     for p in doomed:
-        io._remove(p)
+        io.remove(p)
         maps = Path(job.output_dir) / "maps" / p.name.rsplit(".", 1)[0]
         if maps.exists():
-            io._remove(maps)
+            io.remove(maps)
     return doomed
 
 
-def _forecast_one(job: JobConfig, init: np.datetime64, now: pd.Timestamp, age: pd.Timedelta) -> Path:
+def _forecast_one(
+    job: JobConfig,
+    init: np.datetime64,
+    now: pd.Timestamp,
+    age: pd.Timedelta,
+    inputs: tuple[LoadedModel, Fields],
+) -> Path:
     from dydiff_earth.pipeline import ForecastRequest, run_forecast
 
     out = output_path(job, init)
@@ -275,7 +282,7 @@ def _forecast_one(job: JobConfig, init: np.datetime64, now: pd.Timestamp, age: p
         device=job.device,
         command_line=f"dydiff-earth run (job {job.output_pattern})",
     )
-    result = run_forecast(request)
+    result = run_forecast(request, inputs=inputs)
     if not _newer_than_status(job, init):
         return out  # a backfill of older init times leaves latest.json on the newest one
     status = {
@@ -331,10 +338,12 @@ def tick(job: JobConfig, *, now: str | None = None, backfill: str | None = None)
     """One run of the job (see the module docstring); never raises for expected outcomes."""
     from dydiff_earth.data import open_fields
     from dydiff_earth.forecast import latest_complete_init, load_model
+    from dydiff_earth.train import resolve_device
 
     started = time.perf_counter()
     clock = _clock(now)
-    model = load_model(job.checkpoint)
+    # Loaded once per tick and reused by every forecast of it (a backfill may write many).
+    model = load_model(job.checkpoint, resolve_device(job.device))
     fields = open_fields(
         job.input, list(job.variables) or [v.name for v in model.variables], stats=model.variables
     )
@@ -381,7 +390,7 @@ def tick(job: JobConfig, *, now: str | None = None, backfill: str | None = None)
         for init in todo:
             if is_complete(output_path(job, init), init, job.members, leads):
                 continue  # written by a run that held the lock before us
-            written.append(_forecast_one(job, init, clock, age))
+            written.append(_forecast_one(job, init, clock, age, (model, fields)))
         removed = _retain(job, clock)
     took = f" took-over-lock-of={previous}" if previous else ""
     line = (

@@ -8,13 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 import xarray as xr
 
 from dydiff_earth import io, schema
 from dydiff_earth.config import ForecastConfig
 from dydiff_earth.data import Fields, open_fields
 from dydiff_earth.errors import InputError, MissingVariableError
-from dydiff_earth.forecast import DiffusionForecaster, ProgressFn, add_derived, load_model
+from dydiff_earth.forecast import DiffusionForecaster, LoadedModel, ProgressFn, add_derived, load_model
 
 DEFAULT_MODEL = "demo"
 DEFAULT_OUTPUT_DIR = Path("dydiff-output")
@@ -69,27 +70,44 @@ def observed(fields: Fields, ds: xr.Dataset) -> xr.Dataset | None:
     return fields.dataset.sel({fields.time_dim: valid[have]})[list(fields.names)]
 
 
-def run_forecast(request: ForecastRequest, progress: ProgressFn | None = None) -> ForecastResult:
-    """Forecast, write ``request.output`` atomically and draw maps into ``request.maps``."""
+def open_inputs(request: ForecastRequest, source: str, device: torch.device) -> tuple[LoadedModel, Fields]:
+    """The request's model and its input fields, opened with the model's normalisation."""
+    if request.input is None and request.checkpoint not in (None, DEFAULT_MODEL):
+        raise InputError("--checkpoint without --input: give the data the checkpoint was trained for")
+    model = load_model(request.checkpoint or DEFAULT_MODEL, device)
+    names = list(request.variables) if request.variables else [v.name for v in model.variables]
+    try:
+        fields = open_fields(source, names, stats=model.variables)
+    except MissingVariableError as exc:
+        trained = ", ".join(repr(v.name) for v in model.variables)
+        raise MissingVariableError(
+            f"checkpoint {Path(model.path).name} was trained on {trained}: {exc}"
+        ) from None
+    if request.checkpoint is None and request.input is not None:
+        _explain_default(model, fields)
+    return model, fields
+
+
+def run_forecast(
+    request: ForecastRequest,
+    progress: ProgressFn | None = None,
+    *,
+    inputs: tuple[LoadedModel, Fields] | None = None,
+) -> ForecastResult:
+    """Forecast, write ``request.output`` atomically and draw maps into ``request.maps``.
+
+    ``inputs`` (from :func:`open_inputs`) lets a caller that forecasts several init times, such as a
+    backfill, load the checkpoint and open the input once.
+    """
     from dydiff_earth.train import resolve_device
 
     start = time.perf_counter()
     device = resolve_device(request.device)
     with tempfile.TemporaryDirectory(prefix="dydiff-") as work:
-        source = request.input if request.input is not None else _demo_input(Path(work))
-        if request.input is None and request.checkpoint not in (None, DEFAULT_MODEL):
-            raise InputError("--checkpoint without --input: give the data the checkpoint was trained for")
-        model = load_model(request.checkpoint or DEFAULT_MODEL, device)
-        names = list(request.variables) if request.variables else [v.name for v in model.variables]
-        try:
-            fields = open_fields(source, names, stats=model.variables)
-        except MissingVariableError as exc:
-            trained = ", ".join(repr(v.name) for v in model.variables)
-            raise MissingVariableError(
-                f"checkpoint {Path(model.path).name} was trained on {trained}: {exc}"
-            ) from None
-        if request.checkpoint is None and request.input is not None:
-            _explain_default(model, fields)
+        if inputs is None:
+            source = request.input if request.input is not None else _demo_input(Path(work))
+            inputs = open_inputs(request, source, device)
+        model, fields = inputs
         lead_times = request.lead_times or model.horizon
         forecaster = DiffusionForecaster(model, request.forecast, device=device, progress=progress)
         ds = forecaster(
@@ -99,7 +117,8 @@ def run_forecast(request: ForecastRequest, progress: ProgressFn | None = None) -
             n_members=request.forecast.members,
             seed=request.forecast.seed,
         )
-        ds = add_derived(ds, request.thresholds)
+        if request.thresholds:  # mean and spread come with the forecast; probabilities on request
+            ds = add_derived(ds, request.thresholds)
         if request.command_line:
             ds.attrs["command_line"] = request.command_line
         io.write_forecast(ds, request.output)
@@ -132,4 +151,4 @@ def _explain_default(model: object, fields: Fields) -> None:
         ) from None
 
 
-__all__ = ["ForecastRequest", "ForecastResult", "run_forecast"]
+__all__ = ["ForecastRequest", "ForecastResult", "open_inputs", "run_forecast"]

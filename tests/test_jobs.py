@@ -424,9 +424,9 @@ def test_retention_by_age_uses_init_times(tmp_path: Path, model: Path) -> None:
     ("keys", "expected"),
     [
         ({"members": 2, "memebrs": 3}, "unknown key 'memebrs'"),
-        ({"members": "eight"}, "key 'members' must be a int"),
+        ({"members": "eight"}, "key 'members' must be an integer"),
         ({"maps": "yes"}, "key 'maps' must be true or false"),
-        ({"input": None}, "key 'input' must be a str"),
+        ({"input": None}, "key 'input' must be text"),
         ({"input": ""}, "key 'input' is required"),
         ({"max_input_age": "soon"}, "key 'max_input_age' must be a duration"),
         ({"max_input_age": "30"}, "key 'max_input_age' must be a duration"),  # not 30 nanoseconds

@@ -21,4 +21,6 @@ def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     for cell in cells:
         if cell["cell_type"] == "code":
             exec(compile("".join(cell["source"]), f"{path.name}", "exec"), namespace)
-    assert namespace  # the notebook defined something
+    # The narrated results exist: an ensemble with the asked-for members, and maps on disk.
+    assert namespace["fc"].sizes["member"] == 4
+    assert namespace["paths"] and all(p.stat().st_size > 0 for p in namespace["paths"])
