@@ -101,12 +101,17 @@ def prepare(
 @app.command()
 @user_errors
 def train(
-    data_path: Annotated[str, typer.Option("--data", help="zarr store or NetCDF file(s) to train on")],
+    data_paths: Annotated[
+        list[str], typer.Option("--data", help="zarr store or NetCDF file(s) to train on; repeat for several")
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="checkpoint to write")] = Path(
         "model.safetensors"
     ),
     variables: Annotated[str | None, typer.Option(help="comma-separated variables (default: all)")] = None,
-    preset: Annotated[str, typer.Option(help="model size: tiny, small or paper")] = "small",
+    preset: Annotated[str, typer.Option(help="model: tiny, radar, small or paper")] = "small",
+    frame: Annotated[
+        str, typer.Option(help="auto, eulerian or lagrangian (motion frame; auto: for precipitation)")
+    ] = "auto",
     context: Annotated[int, typer.Option(help="context frames P")] = 4,
     horizon: Annotated[int, typer.Option(help="target frames L")] = 6,
     patch: Annotated[int, typer.Option(help="square crop size in grid points")] = 32,
@@ -121,6 +126,7 @@ def train(
     time: Annotated[str | None, typer.Option(help="training time range START:END")] = None,
     validation_fraction: Annotated[float, typer.Option(help="tail of the record held out")] = 0.1,
     checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints")] = 200,
+    snapshot_every: Annotated[int, typer.Option(help="keep weights every N steps (0: never)")] = 0,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     workers: Annotated[int, typer.Option(help="DataLoader worker processes")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
@@ -150,8 +156,14 @@ def train(
         checkpoint_every=checkpoint_every,
         validation_fraction=validation_fraction,
         num_workers=workers,
+        frame=frame,
+        snapshot_every=snapshot_every,
     )
-    fields = data.open_fields(data_path, _split(variables), time=time)
+    # Every store is normalised like the first, so that one model sees one scale.
+    first = data.open_fields(data_paths[0], _split(variables), time=time)
+    fields = [first] + [
+        data.open_fields(p, _split(variables), time=time, stats=first.variables) for p in data_paths[1:]
+    ]
     with _Progress(quiet) as bar:
 
         def report(step: int, total: int, value: float, rate: float) -> None:

@@ -26,6 +26,9 @@ class ModelConfig:
     groups: int = 8
     time_embed_dim: int = 128
     dropout: float = 0.0
+    #: space-to-depth factor of the stem: ``pixel_unshuffle`` by this factor before the first convolution
+    #: and ``pixel_shuffle`` after the last, so the UNet runs at 1/factor of the resolution
+    space_to_depth: int = 1
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,13 @@ class TrainConfig:
     #: fraction of each time segment's tail held out for validation loss
     validation_fraction: float = 0.1
     num_workers: int = 0
+    #: "eulerian" (the grid as observed), "lagrangian" (the motion frame, departures from extrapolation)
+    #: or "auto": lagrangian for precipitation-like data, eulerian otherwise
+    frame: str = "auto"
+    #: train on the 8 rotations and flips of each window (motion frame only)
+    augment: bool = True
+    #: keep a copy of the forecast weights every this many steps (0: never), for learning curves
+    snapshot_every: int = 0
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,19 @@ PRESETS: dict[str, ModelConfig] = {
         groups=4,
         time_embed_dim=64,
     ),
+    # Radar at patch 64: the UNet runs at half resolution (space-to-depth stem), attends across frames at
+    # its two coarsest levels and never across pixels, so it is convolutional in space: trained on crops,
+    # it runs on a whole domain of any size without tiles or seams.
+    "radar": ModelConfig(
+        channels=(32, 48, 64, 96),
+        blocks_per_level=1,
+        temporal_attention_levels=(2, 3),
+        spatial_attention=False,
+        heads=4,
+        groups=8,
+        time_embed_dim=128,
+        space_to_depth=2,
+    ),
     "small": ModelConfig(channels=(32, 64, 128), blocks_per_level=1, temporal_attention_levels=(1, 2)),
     "paper": ModelConfig(
         channels=(64, 128, 256, 256),
@@ -101,7 +124,7 @@ PRESETS: dict[str, ModelConfig] = {
 
 
 def preset(name: str) -> ModelConfig:
-    """The named model preset (``tiny``, ``small``, ``paper``)."""
+    """The named model preset (``tiny``, ``radar``, ``small``, ``paper``)."""
     try:
         return PRESETS[name]
     except KeyError:

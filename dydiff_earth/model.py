@@ -202,10 +202,12 @@ class VideoUNet(nn.Module):
         super().__init__()
         if not cfg.channels or cfg.blocks_per_level < 1:
             raise InputError("a model needs at least one level and one residual block per level")
+        if cfg.space_to_depth < 1:
+            raise InputError(f"space_to_depth must be a positive integer, not {cfg.space_to_depth}")
         self.cfg, self.in_channels, self.out_channels = cfg, in_channels, out_channels
-        chans, emb_dim = cfg.channels, cfg.time_embed_dim
+        chans, emb_dim, f2 = cfg.channels, cfg.time_embed_dim, cfg.space_to_depth**2
         self.time_embed = nn.Sequential(nn.Linear(chans[0], emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.input_conv = nn.Conv2d(in_channels, chans[0], 3, padding=1)
+        self.input_conv = nn.Conv2d(in_channels * f2, chans[0], 3, padding=1)
         self.down, skips, cur = nn.ModuleList(), [chans[0]], chans[0]
         for level, c in enumerate(chans):
             for _ in range(cfg.blocks_per_level):
@@ -227,7 +229,7 @@ class VideoUNet(nn.Module):
                 self.up.append(stage)
         # Zero output: the untrained denoiser predicts no noise, a neutral start for training.
         self.output = nn.Sequential(
-            _norm(cur, cfg.groups), nn.SiLU(), _zero(nn.Conv2d(cur, out_channels, 3, padding=1))
+            _norm(cur, cfg.groups), nn.SiLU(), _zero(nn.Conv2d(cur, out_channels * f2, 3, padding=1))
         )
 
     def _stage(self, level: int, cin: int, cout: int) -> Stage:
@@ -249,7 +251,7 @@ class VideoUNet(nn.Module):
         Parameters
         ----------
         x : Tensor
-            ``(B, S, Cin, H, W)``; ``H`` and ``W`` divisible by ``2 ** (levels - 1)``.
+            ``(B, S, Cin, H, W)``; ``H`` and ``W`` divisible by :attr:`size_multiple`.
         t : Tensor
             ``(B,)`` diffusion steps (float or long).
 
@@ -259,7 +261,8 @@ class VideoUNet(nn.Module):
             ``(B, S, Cout, H, W)``.
         """
         b, s, c, h, w = x.shape
-        factor = 2 ** (len(self.cfg.channels) - 1)
+        stem = self.cfg.space_to_depth
+        factor = self.size_multiple
         if c != self.in_channels or h % factor or w % factor:
             raise InputError(
                 f"expected (B, S, {self.in_channels}, H, W) with H and W divisible by {factor}; "
@@ -267,7 +270,8 @@ class VideoUNet(nn.Module):
             )
         emb = self.time_embed(sinusoidal_embedding(t.reshape(b), self.cfg.channels[0]).to(x.dtype))
         emb = emb.repeat_interleave(s, dim=0)
-        hidden = self.input_conv(x.reshape(b * s, c, h, w))
+        # Space to depth (Shi et al. 2016): each stem x stem block of pixels becomes channels of one pixel.
+        hidden = self.input_conv(F.pixel_unshuffle(x.reshape(b * s, c, h, w), stem))
         skips = [hidden]
         for stage in self.down:
             hidden = stage(hidden, emb, s)
@@ -275,14 +279,21 @@ class VideoUNet(nn.Module):
         hidden = self.middle(hidden, emb, s)
         for stage in self.up:
             hidden = stage(torch.cat([hidden, skips.pop()], dim=1), emb, s)
-        return self.output(hidden).reshape(b, s, self.out_channels, h, w)
+        return F.pixel_shuffle(self.output(hidden), stem).reshape(b, s, self.out_channels, h, w)
+
+    @property
+    def size_multiple(self) -> int:
+        """``H`` and ``W`` of an input must be multiples of this (the stem and every downsampling)."""
+        return self.cfg.space_to_depth * 2 ** (len(self.cfg.channels) - 1)
 
 
 class ConditionedDenoiser(nn.Module):
     """The :data:`~dydiff_earth.diffusion.Denoiser` around a :class:`VideoUNet` (cf. EDM's ``EDMPrecond``).
 
-    Every frame is given to the network as ``2C + 3`` channels: the noisy frame, the clean context frame
-    (zeros for target frames), a context mask, a first-target-frame mask and the validity mask.
+    Every frame is given to the network as ``2C + 3 + K`` channels: the noisy frame, the clean context frame
+    (zeros for target frames), a context mask, a first-target-frame mask, the validity mask and ``K``
+    conditioning fields shared by all frames (in the motion frame, the init frame itself, since the
+    window holds only departures from it).
 
     Parameters
     ----------
@@ -291,14 +302,23 @@ class ConditionedDenoiser(nn.Module):
         ``C``, variables per frame.
     context : int
         ``P``, context frames at the start of every window.
+    condition_channels : int
+        ``K``, conditioning fields per window (0: none).
     """
 
-    def __init__(self, cfg: ModelConfig, channels: int, context: int) -> None:
+    def __init__(self, cfg: ModelConfig, channels: int, context: int, condition_channels: int = 0) -> None:
         super().__init__()
-        self.channels, self.context = channels, context
-        self.net = VideoUNet(cfg, 2 * channels + 3, channels)
+        self.channels, self.context, self.condition_channels = channels, context, condition_channels
+        self.net = VideoUNet(cfg, 2 * channels + 3 + condition_channels, channels)
 
-    def forward(self, x_noisy: Tensor, t: Tensor, context: Tensor, valid: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x_noisy: Tensor,
+        t: Tensor,
+        context: Tensor,
+        valid: Tensor | None = None,
+        condition: Tensor | None = None,
+    ) -> Tensor:
         """Predict the noise of a window.
 
         Parameters
@@ -311,6 +331,8 @@ class ConditionedDenoiser(nn.Module):
             ``(B, P, C, H, W)`` clean context frames.
         valid : Tensor, optional
             ``(B, S, 1, H, W)``, 1 where the data are valid; all ones when omitted.
+        condition : Tensor, optional
+            ``(B, K, H, W)`` conditioning fields; required when ``K > 0``.
 
         Returns
         -------
@@ -329,6 +351,12 @@ class ConditionedDenoiser(nn.Module):
         clean = torch.cat([context.to(x_noisy.dtype), x_noisy.new_zeros(b, s - p, c, h, w)], dim=1)
         valid = ones if valid is None else valid.to(x_noisy.dtype)
         inputs = [x_noisy, clean, ones * (frame < p), ones * (frame == p), valid]
+        k = self.condition_channels
+        if k:
+            if condition is None or condition.shape != (b, k, h, w):
+                got = None if condition is None else tuple(condition.shape)
+                raise InputError(f"expected condition (B, {k}, H, W) = {(b, k, h, w)}; got {got}")
+            inputs.append(condition.to(x_noisy.dtype)[:, None].expand(b, s, k, h, w))
         return self.net(torch.cat(inputs, dim=2), t)
 
 

@@ -14,7 +14,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
 
-from dydiff_earth.data import Fields, load_frames, window_starts
+from dydiff_earth import motion
+from dydiff_earth.data import Fields, VariableSpec, denormalize, load_frames, window_starts
 from dydiff_earth.errors import InputError
 
 #: Rain-weighted crops: a pixel is rainy at or above this rate, in the variable's units (mm h-1 for
@@ -39,7 +40,34 @@ def _shard() -> tuple[int, int]:
     return rank * workers + worker, world * workers
 
 
-class WindowStream(IterableDataset):
+class IndexedStream(IterableDataset):
+    """An iterable dataset whose sample ``i`` is a pure function ``sample(i)`` of its index.
+
+    The global stream ``start_index, start_index + 1, ...`` (``length`` samples, or endless) is dealt out
+    to shards (distributed rank x DataLoader worker) by ``i % n_shards``, so the union over shards is the
+    single-process stream, without duplicates, and a resumed run continues it exactly.
+    """
+
+    length: int | None
+    start_index: int
+
+    def sample(self, i: int) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        if self.length is None:
+            raise TypeError(f"an infinite {type(self).__name__} has no length")
+        return self.length
+
+    def __iter__(self) -> Iterator[dict]:
+        shard, n_shards = _shard()
+        i = self.start_index + shard
+        while self.length is None or i < self.start_index + self.length:
+            yield self.sample(i)
+            i += n_shards
+
+
+class WindowStream(IndexedStream):
     """Random (window, crop) samples of ``context + horizon`` consecutive frames, for training.
 
     Sample ``i`` of the global stream draws everything from ``numpy.random.default_rng([seed, i])``
@@ -129,18 +157,6 @@ class WindowStream(IterableDataset):
             )
         return kept
 
-    def __len__(self) -> int:
-        if self.length is None:
-            raise TypeError("an infinite WindowStream has no length")
-        return self.length
-
-    def __iter__(self) -> Iterator[dict]:
-        shard, n_shards = _shard()
-        i = self.start_index + shard
-        while self.length is None or i < self.start_index + self.length:
-            yield self.sample(i)
-            i += n_shards
-
     def _draw(self, rng: np.random.Generator) -> tuple[int, int, int]:
         ny, nx = self.fields.shape
         start = int(self.starts[rng.integers(len(self.starts))])
@@ -190,6 +206,192 @@ class WindowStream(IterableDataset):
             "y0": y0,
             "x0": x0,
         }
+
+
+def rain_channel(variables: Sequence[VariableSpec]) -> int | None:
+    """Index of the first precipitation-like (log1p) channel, which motion is estimated on; or None."""
+    return next((c for c, s in enumerate(variables) if s.transform == "log1p"), None)
+
+
+def window_motion(window: np.ndarray, variables: Sequence[VariableSpec], context: int) -> np.ndarray:
+    """The motion field ``(2, H, W)`` of a normalised window's ``context`` first frames.
+
+    On the first precipitation-like channel in mm h-1 (dBR, as STEPS), else on the first channel.
+    """
+    rain = rain_channel(variables)
+    c = 0 if rain is None else rain
+    frames = denormalize(window[:context, c : c + 1], [variables[c]])[:, 0]
+    return motion.motion_field(frames, rain=rain is not None)
+
+
+def departure_moments(departures: np.ndarray) -> np.ndarray:
+    """Per-frame ``(count, sum of squares)`` of the finite values of ``(N, S, C, H, W)``: ``(2, S)``."""
+    finite = np.isfinite(departures)
+    squares = np.where(finite, departures, 0.0).astype(np.float64) ** 2
+    return np.stack([finite.sum(axis=(0, 2, 3, 4)).astype(np.float64), squares.sum(axis=(0, 2, 3, 4))])
+
+
+class MotionWindowStream(IndexedStream):
+    """Training windows in the motion frame, as departures from the init frame, with crops and symmetries.
+
+    Every window of ``context + horizon`` frames (all starts inside one segment) is read on the full
+    domain once, its motion field estimated from its context frames, and all its frames advected into the
+    frame of its init time (:func:`dydiff_earth.motion.to_motion_frame`; advection carries rain across
+    crop borders, so the transform comes before the crop). A frame's *departure* is its difference from
+    the init frame in normalised units, divided by the departure scale of its position in the window
+    (``scale``, the RMS departure over the training data): a model that predicts zero departures
+    forecasts extrapolation.
+
+    Sample ``i`` draws a window, a crop (rain-weighted as in :class:`WindowStream` when asked) and one of
+    the 8 symmetries of the square (rotations by 90 degrees and flips, applied to the whole window, which
+    is the same as transforming a rotated window with its rotated motion field) from
+    ``numpy.random.default_rng([seed, i])``.
+
+    Parameters
+    ----------
+    fields : Fields
+    context, horizon, patch, seed, rain_weighted, starts, length, start_index
+        As for :class:`WindowStream`.
+    scale : np.ndarray, optional
+        ``(S,)`` departure scale per window position; default: this stream's own (:attr:`moments`).
+    augment : bool
+        Draw a random symmetry for each sample (training); off for validation.
+
+    Yields
+    ------
+    dict
+        ``frames`` float32 ``(S, C, P, P)`` scaled departures (0 where invalid; exactly 0 at the init
+        frame); ``valid`` float32 ``(S, 1, P, P)``; ``condition`` float32 ``(C, P, P)``, the normalised init
+        frame (0 where missing); ``start``, ``y0``, ``x0``.
+    """
+
+    def __init__(
+        self,
+        fields: Fields,
+        context: int,
+        horizon: int,
+        patch: int | None,
+        *,
+        seed: int = 0,
+        rain_weighted: bool = False,
+        starts: Sequence[int] | None = None,
+        length: int | None = None,
+        start_index: int = 0,
+        scale: np.ndarray | None = None,
+        augment: bool = True,
+    ) -> None:
+        super().__init__()
+        if context < 2:
+            raise InputError(f"the motion frame needs at least 2 context frames for motion, not {context}")
+        self.context, self.window, self.seed = context, context + horizon, seed
+        self.length, self.start_index, self.augment = length, start_index, augment
+        ny, nx = fields.shape
+        if patch is not None and (patch < 1 or patch > min(ny, nx)):
+            raise InputError(f"patch {patch} does not fit the grid {ny}x{nx}; choose 1..{min(ny, nx)}")
+        self.size = (ny, nx) if patch is None else (patch, patch)
+        self.rain_weighted = rain_weighted
+        if rain_weighted and rain_channel(fields.variables) is None:
+            raise InputError("rain_weighted needs a precipitation-like (log1p) variable; turn it off")
+        self.rain_level = (
+            (math.log1p(RAIN_THRESHOLD) - fields.variables[0].mean) / fields.variables[0].std
+            if rain_weighted
+            else 0.0
+        )
+        allowed = window_starts(fields, self.window)
+        self.starts = allowed if starts is None else [s for s in starts if s in set(allowed)]
+        if not self.starts:
+            raise InputError(f"no window of {self.window} consecutive frames among the given starts")
+        init = context - 1
+        windows = []
+        for start in self.starts:
+            window = load_frames(fields, slice(start, start + self.window))
+            moved = motion.to_motion_frame(window, window_motion(window, fields.variables, context), init)
+            windows.append(moved)
+        moved = np.stack(windows)  # (N, S, C, H, W) normalised, in the motion frame
+        self.init_frames = moved[:, init]
+        self.departures = moved - moved[:, init : init + 1]
+        #: ``(2, S)`` count and sum of squares of the finite departures, to pool a scale over stores
+        self.moments = departure_moments(self.departures)
+        self.scale = departure_scale([self.moments]) if scale is None else np.asarray(scale, np.float32)
+
+    def _crop(self, rng: np.random.Generator) -> tuple[int, int, int]:
+        n, _, _, ny, nx = self.departures.shape
+        best, best_fraction = None, -1.0
+        for _ in range(RAIN_CANDIDATES if self.rain_weighted else 1):
+            w = int(rng.integers(n))
+            y0, x0 = int(rng.integers(ny - self.size[0] + 1)), int(rng.integers(nx - self.size[1] + 1))
+            if not self.rain_weighted:
+                return w, y0, x0
+            init = self.init_frames[w, 0, y0 : y0 + self.size[0], x0 : x0 + self.size[1]]
+            fraction = float(np.mean(init >= self.rain_level))
+            accept = RAIN_MIN_ACCEPT + (1 - RAIN_MIN_ACCEPT) * min(1.0, fraction / RAIN_FULL_FRACTION)
+            if rng.random() < accept:
+                return w, y0, x0
+            if fraction > best_fraction:
+                best, best_fraction = (w, y0, x0), fraction
+        assert best is not None
+        return best
+
+    def sample(self, i: int) -> dict:
+        """Sample ``i`` of the global stream (a pure function of ``seed`` and ``i``)."""
+        rng = np.random.default_rng([self.seed, i])
+        w, y0, x0 = self._crop(rng)
+        ys, xs = slice(y0, y0 + self.size[0]), slice(x0, x0 + self.size[1])
+        dep = self.departures[w, :, :, ys, xs] / self.scale[:, None, None, None]
+        cond = self.init_frames[w, :, ys, xs]
+        if self.augment:
+            k, flip = int(rng.integers(4)), bool(rng.integers(2))
+            dep, cond = (np.rot90(a, k, axes=(-2, -1)) for a in (dep, cond))
+            if flip:
+                dep, cond = dep[..., ::-1], cond[..., ::-1]
+        finite = np.isfinite(dep)
+        return {
+            "frames": torch.from_numpy(np.where(finite, dep, np.float32(0)).astype(np.float32)),
+            "valid": torch.from_numpy(finite.all(axis=1, keepdims=True).astype(np.float32)),
+            "condition": torch.from_numpy(np.nan_to_num(cond).astype(np.float32)),
+            "start": self.starts[w],
+            "y0": y0,
+            "x0": x0,
+        }
+
+
+def departure_scale(moments: Sequence[np.ndarray]) -> np.ndarray:
+    """``(S,)`` RMS departure per window position pooled over streams' :attr:`MotionWindowStream.moments`.
+
+    The init frame's departure is zero by construction; its scale is set to 1 so nothing divides by 0.
+    """
+    count, squares = np.sum(moments, axis=0)
+    rms = np.sqrt(squares / np.maximum(count, 1))
+    return np.where(rms > 0, rms, 1.0).astype(np.float32)
+
+
+class MixedStream(IndexedStream):
+    """Several streams as one: sample ``i`` comes from stream ``j`` drawn with probability ``weights[j]``.
+
+    The draw uses ``numpy.random.default_rng([seed, i, 1])`` and the chosen stream's own ``sample(i)``, so
+    the mixture is as reproducible and resumable as its parts.
+    """
+
+    def __init__(
+        self,
+        streams: Sequence[IndexedStream],
+        weights: Sequence[float],
+        *,
+        seed: int = 0,
+        length: int | None = None,
+        start_index: int = 0,
+    ) -> None:
+        super().__init__()
+        if not streams or len(streams) != len(weights):
+            raise InputError("a mixture needs one weight per stream and at least one stream")
+        p = np.asarray(weights, dtype=np.float64)
+        self.streams, self.p = list(streams), p / p.sum()
+        self.seed, self.length, self.start_index = seed, length, start_index
+
+    def sample(self, i: int) -> dict:
+        """Sample ``i`` of the mixture."""
+        j = int(np.random.default_rng([self.seed, i, 1]).choice(len(self.streams), p=self.p))
+        return self.streams[j].sample(i)
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:

@@ -6,7 +6,7 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +20,14 @@ from dydiff_earth.data import Fields, window_starts
 from dydiff_earth.diffusion import Schedule, diffusion_loss, make_schedule
 from dydiff_earth.errors import InputError
 from dydiff_earth.model import ConditionedDenoiser
-from dydiff_earth.patches import WindowStream
+from dydiff_earth.patches import (
+    IndexedStream,
+    MixedStream,
+    MotionWindowStream,
+    WindowStream,
+    departure_scale,
+    rain_channel,
+)
 
 #: Called after every step with (step, total_steps, train_loss, samples_per_second).
 Progress = Callable[[int, int, float, float], None]
@@ -64,6 +71,15 @@ def split_starts(fields: Fields, length: int, fraction: float) -> tuple[list[int
     return train, val
 
 
+def resolve_frame(frame: str, fields: Fields) -> str:
+    """``auto`` is the motion frame for precipitation-like data, the observed (Eulerian) one otherwise."""
+    if frame == "auto":
+        return "lagrangian" if rain_channel(fields.variables) is not None else "eulerian"
+    if frame not in ("eulerian", "lagrangian"):
+        raise InputError(f"frame must be auto, eulerian or lagrangian, not {frame!r}")
+    return frame
+
+
 def checkpoint_meta(
     fields: Fields, model_cfg: ModelConfig, diff_cfg: DiffusionConfig, cfg: TrainConfig, **extra: object
 ) -> dict:
@@ -71,6 +87,7 @@ def checkpoint_meta(
     ds = fields.dataset
     times = fields.times
     return {
+        "frame": "eulerian",
         "package_version": __version__,
         "model": dataclasses.asdict(model_cfg),
         "diffusion": dataclasses.asdict(diff_cfg),
@@ -120,9 +137,13 @@ def _batches(stream: WindowStream, batch_size: int, workers: int) -> Iterator[di
     yield from loader
 
 
-def _with_mask(net: torch.nn.Module, valid: torch.Tensor) -> Callable[..., torch.Tensor]:
-    """The network as a ``Denoiser`` that also sees the data's validity mask (gaps, no coverage)."""
-    return lambda x, t, context: net(x, t, context, valid)
+def _with_mask(
+    net: torch.nn.Module, valid: torch.Tensor, condition: torch.Tensor | None = None
+) -> Callable[..., torch.Tensor]:
+    """The network as a ``Denoiser`` that also sees the validity mask (gaps, no coverage) and condition."""
+    if condition is None:
+        return lambda x, t, context: net(x, t, context, valid)
+    return lambda x, t, context: net(x, t, context, valid, condition)
 
 
 def _batch_loss(
@@ -137,8 +158,9 @@ def _batch_loss(
     """The DyDiff loss of one batch of windows, the first ``context`` frames given as condition."""
     frames = batch["frames"].to(device, non_blocking=True)
     valid = batch["valid"].to(device, non_blocking=True)
+    condition = batch["condition"].to(device, non_blocking=True) if "condition" in batch else None
     return diffusion_loss(
-        _with_mask(net, valid),
+        _with_mask(net, valid, condition),
         frames,
         context=frames[:, :context],
         schedule=schedule,
@@ -203,27 +225,56 @@ def _restore(
     return int(meta["step"])
 
 
+def training_streams(
+    fields: Sequence[Fields],
+    cfg: TrainConfig,
+    frame: str,
+    starts: Sequence[list[int]],
+    *,
+    seed: int,
+    length: int | None = None,
+    start_index: int = 0,
+    scale: np.ndarray | None = None,
+    train: bool = True,
+) -> tuple[IndexedStream, np.ndarray | None]:
+    """The sample stream over one or several stores, and the motion frame's departure scale (or None).
+
+    Stores are mixed in proportion to their windows times their cells (the crops they offer). In the
+    motion frame the departure scale is pooled over all stores unless ``scale`` is given.
+    """
+    streams: list[IndexedStream] = []
+    for f, st in zip(fields, starts, strict=True):
+        kw = {"seed": seed, "starts": st, "rain_weighted": cfg.rain_weighted and train}
+        if frame == "lagrangian":
+            streams.append(
+                MotionWindowStream(
+                    f, cfg.context, cfg.horizon, cfg.patch, augment=cfg.augment and train, **kw
+                )
+            )
+        else:
+            streams.append(WindowStream(f, cfg.context, cfg.horizon, cfg.patch, **kw))
+    if frame == "lagrangian":
+        scale = departure_scale([s.moments for s in streams]) if scale is None else scale  # type: ignore[attr-defined]
+        for s in streams:
+            s.scale = scale  # type: ignore[attr-defined]
+    if len(streams) == 1:
+        stream = streams[0]
+        stream.length, stream.start_index = length, start_index
+        return stream, scale
+    weights = [len(s.starts) * f.shape[0] * f.shape[1] for s, f in zip(streams, fields, strict=True)]  # type: ignore[attr-defined]
+    return MixedStream(streams, weights, seed=seed, length=length, start_index=start_index), scale
+
+
 @torch.no_grad()
 def validation_loss(
     denoiser: torch.nn.Module,
-    fields: Fields,
-    starts: list[int],
+    stream: IndexedStream,
     diff_cfg: DiffusionConfig,
     cfg: TrainConfig,
     device: torch.device,
-    n_batches: int = 4,
 ) -> float:
-    """Mean DyDiff loss on held-out windows with fixed crops, noise and steps (comparable across calls)."""
+    """Mean DyDiff loss on a fixed stream of held-out windows with fixed noise and steps."""
     schedule = make_schedule(diff_cfg)
-    stream = WindowStream(
-        fields,
-        cfg.context,
-        cfg.horizon,
-        cfg.patch,
-        seed=cfg.seed + 7919,
-        starts=starts,
-        length=n_batches * cfg.batch_size,
-    )
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 104729)
     losses = []
     for batch in _batches(stream, cfg.batch_size, 0):
@@ -232,7 +283,7 @@ def validation_loss(
 
 
 def fit(
-    fields: Fields,
+    fields: Fields | Sequence[Fields],
     model_cfg: ModelConfig,
     diff_cfg: DiffusionConfig,
     cfg: TrainConfig,
@@ -244,17 +295,26 @@ def fit(
 ) -> TrainResult:
     """Train a Dynamical Diffusion model on windows of ``fields`` and write checkpoints to ``output``.
 
+    ``fields`` may be several stores on one normalisation (open the others with the first one's ``stats``).
     Checkpoints are written every ``cfg.checkpoint_every`` steps and at the end; ``resume=True``
     continues a killed run exactly (weights, EMA, optimiser, RNG, data position), bit-identically on CPU.
     """
     output = Path(output)
+    stores = [fields] if isinstance(fields, Fields) else list(fields)
+    if not stores:
+        raise InputError("no data to train on")
+    frame = resolve_frame(cfg.frame, stores[0])
     dev = resolve_device(device)
     rank, world = _distributed()
     length = cfg.context + cfg.horizon
-    train_starts, val_starts = split_starts(fields, length, cfg.validation_fraction)
+    splits = [split_starts(f, length, cfg.validation_fraction) for f in stores]
     torch.manual_seed(cfg.seed)
-    channels = len(fields.variables)
-    denoiser = ConditionedDenoiser(model_cfg, channels=channels, context=cfg.context).to(dev)
+    channels = len(stores[0].variables)
+    condition = channels if frame == "lagrangian" else 0
+    denoiser = ConditionedDenoiser(
+        model_cfg, channels=channels, context=cfg.context, condition_channels=condition
+    )
+    denoiser = denoiser.to(dev)
     ema = _EMA(denoiser, cfg.ema_decay)
     opt = torch.optim.AdamW(denoiser.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed + rank)
@@ -267,19 +327,31 @@ def fit(
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(denoiser)
     schedule = make_schedule(diff_cfg)
+    stream, scale = training_streams(
+        stores, cfg, frame, [tr for tr, _ in splits], seed=cfg.seed, start_index=step * cfg.batch_size * world
+    )
+    val_stores = [(f, va) for f, (_, va) in zip(stores, splits, strict=True) if va]
+    val_stream = None
+    if val_stores:
+        val_stream, _ = training_streams(
+            [f for f, _ in val_stores],
+            cfg,
+            frame,
+            [va for _, va in val_stores],
+            seed=cfg.seed + 7919,
+            length=4 * cfg.batch_size,
+            scale=scale,
+            train=False,
+        )
     meta = checkpoint_meta(
-        fields, model_cfg, diff_cfg, cfg, parameters=sum(p.numel() for p in denoiser.parameters())
+        stores[0], model_cfg, diff_cfg, cfg, parameters=sum(p.numel() for p in denoiser.parameters())
     )
-    stream = WindowStream(
-        fields,
-        cfg.context,
-        cfg.horizon,
-        cfg.patch,
-        seed=cfg.seed,
-        rain_weighted=cfg.rain_weighted,
-        starts=train_starts,
-        start_index=step * cfg.batch_size * world,
-    )
+    meta["frame"] = frame
+    if scale is not None:
+        meta["departure_scale"] = [float(v) for v in scale]
+    if len(stores) > 1:
+        meta["data"]["sources"] = [f.source for f in stores]
+        meta["data"]["frames"] = sum(len(f.times) for f in stores)
     autocast = dev.type == "cuda"
     loss_value, val_loss, t0, seen = math.nan, None, time.perf_counter(), 0
     batches = _batches(stream, cfg.batch_size, cfg.num_workers)
@@ -297,8 +369,8 @@ def fit(
         seen += batch["frames"].shape[0] * world
         loss_value = float(loss.detach())
         rate = seen / max(time.perf_counter() - t0, 1e-9)
-        if val_starts and (step % cfg.validate_every == 0 or step == cfg.steps):
-            val_loss = validation_loss(denoiser, fields, val_starts, diff_cfg, cfg, dev)
+        if val_stream is not None and (step % cfg.validate_every == 0 or step == cfg.steps):
+            val_loss = validation_loss(denoiser, val_stream, diff_cfg, cfg, dev)
         if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
             _save(
                 output,
@@ -309,6 +381,10 @@ def fit(
                 step,
                 {**meta, "train_loss": loss_value, "validation_loss": val_loss},
             )
+        if rank == 0 and cfg.snapshot_every and step % cfg.snapshot_every == 0:
+            # Forecast weights kept along the way, to plot skill against training steps.
+            snapshot = output.with_name(f"{output.stem}.step{step}{output.suffix}")
+            io.save_checkpoint(snapshot, ema.shadow, {**meta, "step": step, "train_loss": loss_value})
         if progress is not None and rank == 0:
             progress(step, cfg.steps, loss_value, rate)
     return TrainResult(output, step, loss_value, val_loss, seen / max(time.perf_counter() - t0, 1e-9))
