@@ -19,13 +19,13 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from dydiff_earth import __version__, io, schema
+from dydiff_earth import __version__, io, motion, schema
 from dydiff_earth.config import DiffusionConfig, ForecastConfig, ModelConfig
 from dydiff_earth.data import Fields, VariableSpec, canonical_units, denormalize, describe_step, load_frames
 from dydiff_earth.diffusion import Schedule, make_schedule
 from dydiff_earth.errors import InputError
 from dydiff_earth.model import ConditionedDenoiser
-from dydiff_earth.patches import blend_weight, tiles
+from dydiff_earth.patches import blend_weight, tiles, window_motion
 from dydiff_earth.sampling import ddim_timesteps, sample_ddim
 
 #: Models shipped inside the package, resolvable by name (``--checkpoint demo``).
@@ -37,6 +37,9 @@ RNG_SCHEME = (
 #: Network calls always hold exactly this many tiles (padded), so that neither the member batch size nor
 #: the member count changes a number: CPU convolutions may round differently at other batch sizes.
 TILE_BATCH = 8
+#: Models without spatial attention run on the whole (padded) domain in one call per member batch up to
+#: this many grid cells (about 1 GB of activations for the ``radar`` preset); larger domains are tiled.
+FULL_DOMAIN_CELLS = 512 * 512
 
 #: ``progress(done, total)`` over members x sampling steps.
 ProgressFn = Callable[[int, int], None]
@@ -135,6 +138,10 @@ class LoadedModel:
     meta: dict
     path: str
     sha256: str
+    #: "eulerian" or "lagrangian" (the model forecasts departures from extrapolation in the motion frame)
+    frame: str = "eulerian"
+    #: ``(P + L,)`` departure scale per window position (motion frame only)
+    departure_scale: np.ndarray | None = None
 
 
 def resolve_checkpoint(name_or_path: str | Path) -> Path:
@@ -162,7 +169,16 @@ def load_model(name_or_path: str | Path, device: torch.device | str = "cpu") -> 
         )
         diff_cfg = DiffusionConfig(**meta["diffusion"])
         specs = tuple(VariableSpec.from_dict(v) for v in meta["variables"])
-        denoiser = ConditionedDenoiser(model_cfg, channels=len(specs), context=int(meta["context"]))
+        frame = meta.get("frame", "eulerian")
+        scale = meta.get("departure_scale")
+        if frame not in motion.FRAMES or (frame == "lagrangian") != (scale is not None):
+            raise KeyError(f"frame {frame!r} with departure scale {'set' if scale else 'missing'}")
+        denoiser = ConditionedDenoiser(
+            model_cfg,
+            channels=len(specs),
+            context=int(meta["context"]),
+            condition_channels=len(specs) if frame == "lagrangian" else 0,
+        )
         denoiser.load_state_dict(weights)
     except (KeyError, TypeError, RuntimeError) as exc:
         raise InputError(
@@ -180,6 +196,8 @@ def load_model(name_or_path: str | Path, device: torch.device | str = "cpu") -> 
         meta=meta,
         path=str(path),
         sha256=io.file_sha256(path),
+        frame=frame,
+        departure_scale=None if scale is None else np.asarray(scale, np.float32),
     )
 
 
@@ -208,7 +226,7 @@ def check_compatible(model: LoadedModel, fields: Fields) -> None:
         )
 
 
-# --- tiled denoiser -----------------------------------------------------------------------------------------
+# --- denoising a whole domain -------------------------------------------------------------------------------
 
 
 class TiledDenoiser:
@@ -216,11 +234,18 @@ class TiledDenoiser:
 
     Because the blend happens on the noise estimate at every sampling step (not on finished tiles), the
     sampled state stays one smooth field and members have no seams. Memory is bounded by ``TILE_BATCH``
-    tiles, not by the domain.
+    tiles, not by the domain. ``valid`` is ``(S, 1, H, W)``; ``condition`` ``(B, K, H, W)`` or None.
     """
 
-    def __init__(self, net: ConditionedDenoiser, valid: torch.Tensor, tile: int, overlap: int) -> None:
-        self.net, self.valid, self.tile = net, valid, tile
+    def __init__(
+        self,
+        net: ConditionedDenoiser,
+        valid: torch.Tensor,
+        tile: int,
+        overlap: int,
+        condition: torch.Tensor | None = None,
+    ) -> None:
+        self.net, self.valid, self.tile, self.condition = net, valid, tile, condition
         self.windows = tiles(tuple(valid.shape[-2:]), tile, overlap)  # type: ignore[arg-type]
         self.weight = torch.from_numpy(blend_weight(tile, tile, overlap)).to(valid.device)
         total = torch.zeros(valid.shape[-2:], device=valid.device)
@@ -233,27 +258,108 @@ class TiledDenoiser:
         jobs = [(b, ys, xs) for b in range(x.shape[0]) for ys, xs in self.windows]
         for i in range(0, len(jobs), TILE_BATCH):
             chunk = jobs[i : i + TILE_BATCH]
-            pad = TILE_BATCH - len(chunk)
             xt = torch.stack([x[b, :, :, ys, xs] for b, ys, xs in chunk])
             ct = torch.stack([context[b, :, :, ys, xs] for b, ys, xs in chunk])
-            vt = torch.stack([self.valid[:, :, ys, xs] for _, ys, xs in chunk]).expand(
-                -1, x.shape[1], -1, -1, -1
+            vt = torch.stack([self.valid[..., ys, xs] for _, ys, xs in chunk])
+            kt = (
+                None
+                if self.condition is None
+                else torch.stack([self.condition[b, :, ys, xs] for b, ys, xs in chunk])
             )
             tt = torch.stack([t[b] for b, _, _ in chunk])
-            if pad:
-                xt, ct, vt = (torch.cat([a, a.new_zeros((pad, *a.shape[1:]))]) for a in (xt, ct, vt))
-                tt = torch.cat([tt, tt[:1].expand(pad)])
-            eps = self.net(xt, tt, ct, vt)
+            eps = _fixed_batch(self.net, TILE_BATCH, xt, tt, ct, vt, kt)
             for k, (b, ys, xs) in enumerate(chunk):
                 out[b, :, :, ys, xs] += eps[k] * self.weight
         return out / self.total
 
 
+class FullDomainDenoiser:
+    """Run a convolutional denoiser (no spatial attention) on the whole padded domain at once.
+
+    Trained on crops, a network without spatial attention is translation-equivariant up to its receptive
+    field, so the whole domain in one call gives the same field as infinitely overlapping tiles: no seams,
+    and one call per member and sampling step. One member per call, so that numbers do not depend on how
+    members are batched (CPU kernels may round differently at other batch sizes), at no cost in speed: a
+    whole domain is batch enough.
+    """
+
+    def __init__(
+        self, net: ConditionedDenoiser, valid: torch.Tensor, condition: torch.Tensor | None = None
+    ) -> None:
+        self.net, self.valid, self.condition = net, valid, condition
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        k = self.condition
+        return torch.cat(
+            [
+                self.net(
+                    x[b : b + 1],
+                    t[b : b + 1],
+                    context[b : b + 1],
+                    self.valid[None],
+                    None if k is None else k[b : b + 1],
+                )
+                for b in range(x.shape[0])
+            ]
+        )
+
+
+def _fixed_batch(
+    net: ConditionedDenoiser,
+    size: int,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    context: torch.Tensor,
+    valid: torch.Tensor,
+    condition: torch.Tensor | None,
+) -> torch.Tensor:
+    """``net`` on a batch zero-padded to exactly ``size`` (CPU kernels may round differently per size)."""
+    n = x.shape[0]
+    if n < size:
+        pad = size - n
+        x, context, valid = (torch.cat([a, a.new_zeros((pad, *a.shape[1:]))]) for a in (x, context, valid))
+        t = torch.cat([t, t[:1].expand(pad)])
+        if condition is not None:
+            condition = torch.cat([condition, condition.new_zeros((pad, *condition.shape[1:]))])
+    extra = () if condition is None else (condition,)
+    return net(x, t, context, valid, *extra)[:n]
+
+
 # --- the diffusion forecaster ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Space:
+    """What the network sees of a window: the observed frame, or departures in the motion frame.
+
+    In the motion frame a window of absolute (normalised) values ``y`` is given to the network as
+    ``(y - y_init) / scale`` with ``y_init`` the last context frame, which is also the condition; zero
+    departure is extrapolation exactly.
+    """
+
+    scale: torch.Tensor | None  # (P + L, 1, 1, 1) or None for the observed frame
+
+    def encode(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Context ``(B, P, C, H, W)`` to the network's context and condition."""
+        if self.scale is None:
+            return state, None
+        init = state[:, -1]
+        return (state - init[:, None]) / self.scale[: state.shape[1]], init
+
+    def decode(self, leads: torch.Tensor, condition: torch.Tensor | None, context: int) -> torch.Tensor:
+        """Sampled target frames ``(B, L, C, H, W)`` back to absolute values."""
+        if self.scale is None or condition is None:
+            return leads
+        return condition[:, None] + leads * self.scale[context:]
+
+
 class DiffusionForecaster:
-    """Ensemble forecasts from a Dynamical Diffusion checkpoint (the :class:`Forecaster` contract)."""
+    """Ensemble forecasts from a Dynamical Diffusion checkpoint (the :class:`Forecaster` contract).
+
+    A motion-frame (``lagrangian``) model is given its context advected into the frame of the init time
+    along the context's own motion field (:mod:`dydiff_earth.motion`); its members, departures from
+    extrapolation, are advected back out, lead time ``k`` by ``k`` steps.
+    """
 
     def __init__(
         self,
@@ -275,49 +381,83 @@ class DiffusionForecaster:
         if lead_times < 1 or n_members < 1:
             raise InputError(f"need at least one lead time and one member (got {lead_times}, {n_members})")
         check_compatible(self.model, inputs)
-        fields = dataclasses.replace(inputs, variables=self.model.variables)
-        idx = init_index(fields, init_time, self.model.context)
-        ctx = load_frames(fields, slice(idx - self.model.context + 1, idx + 1))  # (P, C, H, W)
+        m = self.model
+        fields = dataclasses.replace(inputs, variables=m.variables)
+        idx = init_index(fields, init_time, m.context)
+        ctx = load_frames(fields, slice(idx - m.context + 1, idx + 1))  # (P, C, H, W)
         coverage = np.isfinite(ctx).all(axis=(0, 1))
-        values = self.sample(np.nan_to_num(ctx), coverage, fields.times[idx], lead_times, n_members, seed)
-        values = denormalize(values, self.model.variables)
+        init = fields.times[idx]
+        span = m.context + math.ceil(lead_times / m.horizon) * m.horizon
+        if m.frame == "lagrangian":
+            velocity = window_motion(ctx, m.variables, m.context)
+            moved = motion.to_motion_frame(ctx, velocity, m.context - 1)
+            # Where each frame of the rollout has data in the motion frame: trajectories that leave the
+            # grid or the radar coverage are invalid, as in training (the motion is held over the rollout).
+            cover = np.where(coverage, np.float32(1), np.nan)[None, None]
+            valid = np.isfinite(motion.to_motion_frame(np.repeat(cover, span, 0), velocity, m.context - 1))
+            values = self.sample(np.nan_to_num(moved), valid, init, lead_times, n_members, seed)
+            values = motion.from_motion_frame(values, velocity)
+        else:
+            valid = np.broadcast_to(coverage, (span, 1, *coverage.shape))
+            values = self.sample(np.nan_to_num(ctx), valid, init, lead_times, n_members, seed)
+        values = denormalize(values, m.variables)
         values[..., ~coverage] = np.nan
         return forecast_dataset(
-            fields, values, idx, _provenance(self.model, self.config, fields, idx, seed, self.timesteps)
+            fields, values, idx, _provenance(m, self.config, fields, idx, seed, self.timesteps)
         )
 
     def sample(
         self,
         ctx: np.ndarray,
-        coverage: np.ndarray,
+        valid: np.ndarray,
         init: np.datetime64,
         lead_times: int,
         n_members: int,
         seed: int,
     ) -> np.ndarray:
-        """Normalised members ``(M, N, C, H, W)`` from a normalised, NaN-free context ``(P, C, H, W)``."""
+        """Normalised members ``(M, N, C, H, W)`` from a normalised, NaN-free context ``(P, C, H, W)``.
+
+        ``valid`` ``(P + rounds x L, 1, H, W)`` marks valid data in each frame of the rollout, context first.
+        For a motion-frame model, context, mask and members are all in the motion frame.
+        """
         m, cfg = self.model, self.config
-        p, c = m.context, ctx.shape[1]
+        p, c, s = m.context, ctx.shape[1], m.context + m.horizon
         height, width = ctx.shape[-2:]
-        ph, pw = max(height, m.patch), max(width, m.patch)
+        full = not m.denoiser.net.cfg.spatial_attention and height * width <= FULL_DOMAIN_CELLS
+        mult = m.denoiser.net.size_multiple
+        if full:
+            ph, pw = -(-height // mult) * mult, -(-width // mult) * mult
+        else:
+            ph, pw = max(height, m.patch), max(width, m.patch)
         context = torch.zeros((p, c, ph, pw))
         context[..., :height, :width] = torch.from_numpy(ctx)
-        valid = torch.zeros((1, 1, ph, pw))
-        valid[..., :height, :width] = torch.from_numpy(coverage.astype(np.float32))
-        denoise = TiledDenoiser(
-            m.denoiser, valid.to(self.device), min(m.patch, ph, pw), overlap=round(cfg.tile_overlap * m.patch)
-        )
         rounds = math.ceil(lead_times / m.horizon)
+        masks = torch.zeros((rounds, s, 1, ph, pw))
+        for r in range(rounds):
+            masks[r, ..., :height, :width] = torch.from_numpy(
+                np.asarray(valid[r * m.horizon : r * m.horizon + s], np.float32)
+            )
+        scale = m.departure_scale
+        space = _Space(
+            None if scale is None else torch.from_numpy(scale).reshape(-1, 1, 1, 1).to(self.device)
+        )
         steps = self.timesteps
         out = np.empty((n_members, lead_times, c, height, width), np.float32)
         done, total = 0, n_members * rounds * len(steps)
         for first in range(0, n_members, cfg.batch_size):
             members = range(first, min(first + cfg.batch_size, n_members))
             gens = [member_generator(seed, init, k) for k in members]
-            state = context.expand(len(members), -1, -1, -1, -1).clone()
+            state = context.expand(len(members), -1, -1, -1, -1).clone().to(self.device)
             leads: list[torch.Tensor] = []
-            for _ in range(rounds):
-                noise = torch.stack([torch.randn((p + m.horizon, c, ph, pw), generator=g) for g in gens])
+            for r in range(rounds):
+                noise = torch.stack([torch.randn((s, c, ph, pw), generator=g) for g in gens])
+                given, condition = space.encode(state)
+                valid_r = masks[r].to(self.device)
+                if full:
+                    denoise = FullDomainDenoiser(m.denoiser, valid_r, condition)
+                else:
+                    overlap = round(cfg.tile_overlap * m.patch)
+                    denoise = TiledDenoiser(m.denoiser, valid_r, min(m.patch, ph, pw), overlap, condition)
 
                 def tick(i: int, t: int, x0: torch.Tensor, _n: int = len(members)) -> None:
                     nonlocal done
@@ -329,15 +469,16 @@ class DiffusionForecaster:
                     denoise,
                     noise.to(self.device),
                     steps,
-                    context=state.to(self.device),
+                    context=given,
                     schedule=m.schedule,
                     anchor=cfg.anchor_context,
                     clip=cfg.clip,
                     callback=tick,
-                ).cpu()
-                leads.append(window[:, p:])
+                )
+                new = space.decode(window[:, p:], condition, p)
+                leads.append(new.cpu())
                 # Each member continues from its own last P frames (autoregressive rollout).
-                state = window[:, -p:] if m.horizon >= p else torch.cat([state, window[:, p:]], 1)[:, -p:]
+                state = torch.cat([state, new], 1)[:, -p:]
             sampled = torch.cat(leads, 1)[:, :lead_times, :, :height, :width]
             out[first : first + len(members)] = sampled.numpy()
         return out
@@ -373,6 +514,12 @@ def _provenance(
         "checkpoint": model.path,
         "checkpoint_sha256": model.sha256,
         "gamma_ratio": model.schedule.gamma_ratio,
+        "frame": model.frame
+        + (
+            " (departures from extrapolation; motion: pysteps Lucas-Kanade on the context, semi-Lagrangian)"
+            if model.frame == "lagrangian"
+            else ""
+        ),
         "package_version": __version__,
         "seed": seed,
         "rng_scheme": RNG_SCHEME,
