@@ -7,16 +7,13 @@
   dB-transformed rain rate, as in the pysteps examples.
 
 Outputs are labelled by :func:`~dydiff_earth.forecast.forecast_dataset`, exactly like the model's, so the
-same verification code reads them. pysteps is an optional dependency (``pip install
-'dydiff-earth[baselines]'``), imported only when a pysteps baseline runs.
+same verification code reads them. pysteps is imported only when a pysteps baseline runs.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io as _stdio
-import warnings
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -24,18 +21,14 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from dydiff_earth import __version__
+from dydiff_earth import __version__, motion
 from dydiff_earth.data import Fields, VariableSpec, denormalize, load_frames
 from dydiff_earth.errors import InputError
 from dydiff_earth.forecast import Forecaster, PersistenceForecaster, forecast_dataset, init_index
+from dydiff_earth.motion import RAIN_THRESHOLD, to_db
 
 #: Names accepted by :func:`make_baseline`.
 BASELINES = ("persistence", "extrapolation", "steps")
-
-#: Rain-rate threshold and the dB value given to drier or missing pixels (the pysteps examples' choice:
-#: ``dB_transform(R, threshold=0.1, zerovalue=-15.0)``; -10 dBR is 0.1 mm h-1).
-RAIN_THRESHOLD = 0.1
-DB_ZERO = -15.0
 
 #: Unit spellings of a rain rate, the only field STEPS is built for.
 _RAIN_RATE_UNITS = frozenset({"mm h-1", "mm/h", "mm hr-1", "mm/hr", "mm h**-1", "mm h^-1", "mmh-1"})
@@ -48,36 +41,8 @@ def _is_rain_rate(spec: VariableSpec) -> bool:
 
 
 def _pysteps(baseline: str) -> SimpleNamespace:
-    """The pysteps methods a baseline needs, or an ``InputError`` saying how to install pysteps."""
-    try:
-        # pysteps prints where it found its configuration file on import; keep stdout clean for pipelines.
-        with contextlib.redirect_stdout(_stdio.StringIO()):
-            from pysteps import extrapolation, motion, nowcasts
-            from pysteps.utils.transformation import dB_transform
-    except ImportError:
-        raise InputError(
-            f"baseline {baseline!r} needs pysteps: pip install 'dydiff-earth[baselines]'"
-        ) from None
-    # pysteps' Lucas-Kanade (both baselines' motion) calls OpenCV, an optional dependency of pysteps.
-    if importlib.util.find_spec("cv2") is None:
-        raise InputError(
-            f"baseline {baseline!r} needs OpenCV for Lucas-Kanade motion: pip install opencv-python-headless"
-        )
-    lucas_kanade = motion.get_method("LK")
-
-    def quiet_motion(images: np.ndarray) -> np.ndarray:
-        # On smooth fields pysteps' outlier test finds too few vectors for a covariance and numpy warns
-        # ("degrees of freedom <= 0"); pysteps then keeps every vector, which is the right outcome.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return lucas_kanade(images)
-
-    return SimpleNamespace(
-        motion=quiet_motion,
-        extrapolate=extrapolation.get_method("semilagrangian"),
-        steps=nowcasts.get_method("steps"),
-        db_transform=dB_transform,
-    )
+    """The pysteps methods a baseline needs, or an ``InputError`` saying how to install them."""
+    return motion.pysteps_methods(f"baseline {baseline!r}")
 
 
 def _context_values(
@@ -89,13 +54,6 @@ def _context_values(
     # Like the diffusion forecaster: a point is forecast only where every context frame covers it.
     coverage = np.isfinite(frames).all(axis=(0, 1))
     return idx, frames, coverage
-
-
-def _to_db(ps: SimpleNamespace, rain: np.ndarray) -> np.ndarray:
-    """Rain rate (mm h-1) to dBR, with dry (< 0.1 mm h-1) and missing pixels at ``DB_ZERO``."""
-    db = ps.db_transform(np.array(rain, dtype=np.float64), threshold=RAIN_THRESHOLD, zerovalue=DB_ZERO)[0]
-    db[~np.isfinite(db)] = DB_ZERO
-    return db
 
 
 def _from_db(ps: SimpleNamespace, db: np.ndarray) -> np.ndarray:
@@ -155,13 +113,10 @@ class ExtrapolationForecaster:
         out = np.empty((1, lead_times, *frames.shape[1:]), np.float32)
         for c, spec in enumerate(inputs.variables):
             field = frames[:, c]
-            if _is_rain_rate(spec):
-                images = _to_db(ps, field)
-            else:
-                fill = np.nanmin(field) if np.isfinite(field).any() else 0.0
-                images = np.where(np.isfinite(field), field, fill)
-            velocity = ps.motion(images)
-            last = np.where(np.isfinite(field[-1]), field[-1], 0.0 if _is_rain_rate(spec) else fill)
+            rain = _is_rain_rate(spec)
+            velocity = motion.motion_field(field, rain=rain)
+            fill = 0.0 if rain or not np.isfinite(field).any() else np.nanmin(field)
+            last = np.where(np.isfinite(field[-1]), field[-1], fill)
             moved = ps.extrapolate(last, velocity, lead_times, outval=np.nan)
             out[0, :, c] = np.where(np.isfinite(moved), moved, last)
         out[..., ~coverage] = np.nan
@@ -217,7 +172,7 @@ class StepsForecaster:
         minutes = pd.Timedelta(inputs.time_step).total_seconds() / 60.0
         out = np.empty((n_members, lead_times, *frames.shape[1:]), np.float32)
         for c in range(frames.shape[1]):
-            db = _to_db(ps, frames[:, c])
+            db = to_db(ps, frames[:, c])
             velocity = ps.motion(db)
             with contextlib.redirect_stdout(_stdio.StringIO()):  # STEPS prints its set-up and progress
                 members = ps.steps(
