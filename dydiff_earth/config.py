@@ -100,7 +100,7 @@ PRESETS: dict[str, ModelConfig] = {
     ),
     # Radar at patch 64: the UNet runs at half resolution (space-to-depth stem), attends across frames at
     # its two coarsest levels and never across pixels, so it is convolutional in space: trained on crops,
-    # it runs on a whole domain of any size without tiles or seams.
+    # it runs on a whole domain (padded to a multiple of 16) without tiles or seams.
     "radar": ModelConfig(
         channels=(32, 48, 64, 96),
         blocks_per_level=1,

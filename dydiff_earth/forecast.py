@@ -276,11 +276,11 @@ class TiledDenoiser:
 class FullDomainDenoiser:
     """Run a convolutional denoiser (no spatial attention) on the whole padded domain at once.
 
-    Trained on crops, a network without spatial attention is translation-equivariant up to its receptive
-    field, so the whole domain in one call gives the same field as infinitely overlapping tiles: no seams,
-    and one call per member and sampling step. One member per call, so that numbers do not depend on how
-    members are batched (CPU kernels may round differently at other batch sizes), at no cost in speed: a
-    whole domain is batch enough.
+    A network without spatial attention sees a neighbourhood of each pixel (and, through group norm, the
+    statistics of the whole field), so trained on crops it runs on any domain of its size multiple: one
+    field, no tiles, hence no seams, and one call per member and sampling step. One member per call, so
+    that numbers do not depend on how members are batched (CPU kernels may round differently at other
+    batch sizes), at no cost in speed: a whole domain is batch enough.
     """
 
     def __init__(

@@ -57,6 +57,8 @@ def pysteps_methods(purpose: str) -> SimpleNamespace:
         # ("degrees of freedom <= 0"); pysteps then keeps every vector, which is the right outcome.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
+            # Same case, other symptom: the covariance is singular; pysteps again keeps every vector.
+            warnings.filterwarnings("ignore", "Singular matrix during outlier detection", UserWarning)
             return lucas_kanade(images)
 
     return SimpleNamespace(

@@ -60,19 +60,27 @@ def tiny_checkpoint(
     patch: int = 16,
     seed: int = 0,
     gamma_ratio: float = 0.5,
+    model: str = "tiny",
+    frame: str = "eulerian",
 ) -> Path:
-    """An untrained ``tiny`` checkpoint for ``fields``, with small random output weights (not zero).
+    """An untrained checkpoint (preset ``model``) for ``fields``, with small random output weights.
 
     Its samples are meaningless but deterministic, which is what tests of plumbing, RNG keying, tiling
-    and file formats need without a training run.
+    and file formats need without a training run. In the motion frame (``frame="lagrangian"``) the
+    departure scale is 1 at every position.
     """
     torch.manual_seed(seed)
-    model_cfg = preset("tiny")
-    net = ConditionedDenoiser(model_cfg, channels=len(fields.variables), context=context)
+    model_cfg = preset(model)
+    channels = len(fields.variables)
+    condition = channels if frame == "lagrangian" else 0
+    net = ConditionedDenoiser(model_cfg, channels=channels, context=context, condition_channels=condition)
     with torch.no_grad():
         for p in net.parameters():
             if p.abs().sum() == 0:  # the zero-initialised output layer: give it a small random response
                 p.normal_(0.0, 0.02)
     cfg = TrainConfig(context=context, horizon=horizon, patch=patch, steps=0)
     meta = checkpoint_meta(fields, model_cfg, DiffusionConfig(gamma_ratio=gamma_ratio), cfg, step=0)
+    meta["frame"] = frame
+    if frame == "lagrangian":
+        meta["departure_scale"] = [1.0] * (context + horizon)
     return io.save_checkpoint(path, net.state_dict(), meta)

@@ -236,3 +236,26 @@ def test_forecast_on_the_real_era5_grid(shared_data: Path, tmp_path: Path) -> No
     assert ds["t2m"].attrs["units"] == "K" and ds["t2m"].attrs["long_name"] == src["t2m"].attrs["long_name"]
     assert not {"step", "number", "time"} & set(ds.coords)
     assert str(ds[schema.VALID_TIME].values[0])[:16] == "2019-03-02T07:00"
+
+
+def test_motion_frame_model_forecasts_the_whole_domain_reproducibly(store: Path, tmp_path: Path) -> None:
+    """A ``radar``-preset motion-frame model: full-domain sampling (24 wide padded to 32), member-keyed."""
+    fields = open_fields(store)
+    ckpt = testing.tiny_checkpoint(
+        tmp_path / "lag.safetensors",
+        fields,
+        context=3,
+        horizon=2,
+        patch=16,
+        model="radar",
+        frame="lagrangian",
+    )
+    model = load_model(ckpt)
+    assert model.frame == "lagrangian" and model.departure_scale.shape == (5,)
+    a = _forecast(model, store, n_members=3, lead_times=3, batch_size=1)
+    b = _forecast(model, store, n_members=2, lead_times=3, batch_size=2)
+    np.testing.assert_array_equal(a["precip"].values[:2], b["precip"].values)
+    values = a["precip"].values
+    assert values.shape == (3, 3, 16, 24)
+    assert np.isnan(values[..., :2, :3]).all() and np.isfinite(values[..., 2:, 3:]).all()
+    assert a.attrs["frame"].startswith("lagrangian")

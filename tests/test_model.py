@@ -144,3 +144,21 @@ def test_tiny_model_overfits_one_window(gamma_ratio: float) -> None:
             if losses[-1] < start / 10:
                 break
     assert 0.5 < start < 2 and losses[-1] < start / 10, (start, losses)
+
+
+def test_space_to_depth_stem_and_condition_channels() -> None:
+    torch.manual_seed(0)
+    cfg = preset("radar")
+    net = ConditionedDenoiser(cfg, channels=1, context=2, condition_channels=1)
+    assert net.net.size_multiple == 16
+    randomise_zero_layers(net)
+    x = window(1, 4, 1, 32, 48)
+    cond = torch.randn(1, 1, 32, 48)
+    out = net(x, torch.tensor([500]), x[:, :2], None, cond)
+    assert out.shape == x.shape
+    # The condition reaches the output, and it is required when the model was built with one.
+    assert not torch.equal(out, net(x, torch.tensor([500]), x[:, :2], None, torch.zeros_like(cond)))
+    with pytest.raises(InputError, match="condition"):
+        net(x, torch.tensor([500]), x[:, :2])
+    with pytest.raises(InputError, match="divisible by 16"):
+        net(window(1, 4, 1, 24, 48), torch.tensor([500]), x[:, :2, :, :24], None, cond[..., :24, :])

@@ -183,3 +183,77 @@ def test_blending_identical_tiles_reproduces_field() -> None:
         weight_sum[ys, xs] += w
     assert (weight_sum > 0).all()
     np.testing.assert_allclose(total / weight_sum, field, rtol=1e-6, atol=1e-12)
+
+
+# --- the motion frame ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def drifting(tmp_path_factory: pytest.TempPathFactory) -> Fields:
+    """Rain cells drifting east 0.7 cells per step on a 24 x 24 grid."""
+    from dydiff_earth import testing
+
+    path = tmp_path_factory.mktemp("motion") / "drift.zarr"
+    return open_fields(io.write_zarr(testing.tiny_field(frames=10, size=(24, 24)), path))
+
+
+def test_motion_stream_yields_departures_from_the_init_frame(drifting: Fields) -> None:
+    from dydiff_earth.patches import MotionWindowStream
+
+    stream = MotionWindowStream(drifting, 3, 3, 16, seed=1, augment=False)
+    assert len(stream.starts) == 5 and stream.scale.shape == (6,) and stream.scale[2] == 1.0
+    s = stream.sample(0)
+    assert s["frames"].shape == (6, 1, 16, 16) and s["condition"].shape == (1, 16, 16)
+    assert not s["frames"][2].any()  # the init frame departs from itself by nothing
+    # Scaled departures have unit RMS over the data by construction; the stream reproduces itself.
+    dep = stream.departures / stream.scale[:, None, None, None]
+    rms = np.sqrt(np.nanmean(dep**2, axis=(0, 2, 3, 4)))
+    np.testing.assert_allclose(np.delete(rms, 2), 1.0, rtol=1e-4)
+    assert _key(stream.sample(7)) == _key(
+        MotionWindowStream(drifting, 3, 3, 16, seed=1, augment=False).sample(7)
+    )
+
+
+def test_motion_frame_departures_are_smaller_than_observed_changes(drifting: Fields) -> None:
+    from dydiff_earth.patches import MotionWindowStream
+
+    stream = MotionWindowStream(drifting, 3, 3, None, seed=0, augment=False)
+    windows = np.stack([load_frames(drifting, slice(s, s + 6)) for s in stream.starts])
+    observed = np.sqrt(np.nanmean((windows[:, 3:] - windows[:, 2:3]) ** 2))
+    lagrangian = np.sqrt(np.nanmean(stream.departures[:, 3:] ** 2))
+    assert lagrangian < 0.5 * observed, (lagrangian, observed)
+
+
+def test_motion_stream_symmetries_are_rotations_and_flips(drifting: Fields) -> None:
+    from dydiff_earth.patches import MotionWindowStream
+
+    plain = MotionWindowStream(drifting, 3, 3, 16, seed=2, augment=False)
+    augmented = MotionWindowStream(drifting, 3, 3, 16, seed=2, scale=plain.scale)
+    seen = set()
+    for i in range(24):
+        a, b = plain.sample(i), augmented.sample(i)
+        assert (a["start"], a["y0"], a["x0"]) == (b["start"], b["y0"], b["x0"])
+        ca, cb = a["condition"].numpy()[0], b["condition"].numpy()[0]
+        matches = [
+            k + 4 * f
+            for k in range(4)
+            for f in range(2)
+            if np.array_equal(np.rot90(ca, k)[:, :: -1 if f else 1], cb)
+        ]
+        assert matches, "augmented condition is not a rotation or flip of the crop"
+        seen.add(matches[0])
+    assert len(seen) > 4
+
+
+def test_mixed_stream_draws_in_proportion_and_reproduces(drifting: Fields, fields: Fields) -> None:
+    from dydiff_earth.patches import MixedStream
+
+    a = WindowStream(drifting, CONTEXT, HORIZON, 8, seed=0)
+    b = WindowStream(fields, CONTEXT, HORIZON, 8, seed=0)
+    mixed = MixedStream([a, b], [3.0, 1.0], seed=5, length=400)
+    assert len(list(mixed)) == 400
+    from_a = np.mean([_key(mixed.sample(i)) == _key(a.sample(i)) for i in range(400)])
+    assert 0.68 < from_a < 0.82
+    assert _key(mixed.sample(11)) == _key(MixedStream([a, b], [3.0, 1.0], seed=5).sample(11))
+    with pytest.raises(InputError, match="one weight per stream"):
+        MixedStream([a, b], [1.0])
