@@ -423,6 +423,22 @@ def skill(
     )
 
 
+@app.command()
+@user_errors
+def info(
+    path: Annotated[str, typer.Argument(help="zarr store, NetCDF file, checkpoint or shipped model name")],
+    json_output: Annotated[bool, typer.Option("--json", help="JSON on stdout instead of text")] = False,
+) -> None:
+    """Describe a data source or a checkpoint from its metadata and a small sample (no full read)."""
+    from dydiff_earth import info as inspect
+
+    described = inspect.describe(path)
+    if json_output:
+        typer.echo(inspect.to_json(described))
+    else:
+        Console(soft_wrap=True).print(inspect.render(described), highlight=False)
+
+
 class _Progress:
     """A rich progress bar on stderr that appears with the first update (never when quiet).
 

@@ -22,10 +22,12 @@ import xarray as xr
 
 from dydiff_earth import io
 from dydiff_earth.errors import InputError
-from dydiff_earth.sources import open_source, parse_time_range
+from dydiff_earth.sources import open_source, parse_time_range, reading
 
 # parse_time_range moved to sources.py; it stays importable from here (jobs.py, tests).
 __all__ = [
+    "ABSURD_MAGNITUDE",
+    "CHECK_FRAMES",
     "NORMALISATION_ATTR",
     "STATS_MAX_FRAMES",
     "TRANSFORMS",
@@ -41,6 +43,7 @@ __all__ = [
     "open_fields",
     "parse_time_range",
     "prepare",
+    "time_segments",
     "window_starts",
 ]
 Transform = Literal["none", "log1p"]
@@ -52,6 +55,13 @@ NORMALISATION_ATTR = "dydiff_normalisation"
 #: At most this many evenly spaced frames feed the normalisation statistics: the mean and std of a
 #: long record converge long before every frame is read, and reading all of them would cost a full pass.
 STATS_MAX_FRAMES = 200
+
+#: Frames checked when a checkpoint's statistics are given (nothing else is read then): enough to find
+#: an input with no valid value, infinities or undeclared fill values without a pass over the record.
+CHECK_FRAMES = 8
+
+#: Values at least this large are fill values nobody declared (netCDF's default fill is 9.97e36), not data.
+ABSURD_MAGNITUDE = 1e20
 
 # Rain rates and accumulations (CF canonical and common spellings, after `canonical_units`).
 _RAIN_UNITS = frozenset({"mm h-1", "kg m-2 s-1", "mm", "mm s-1", "mm d-1", "kg m-2"})
@@ -159,8 +169,19 @@ def describe_step(step: np.timedelta64) -> str:
     return str(step)
 
 
-def _segments(times: np.ndarray) -> tuple[np.timedelta64, tuple[Segment, ...]]:
-    """Most common step, and runs of frames split wherever the spacing differs from it."""
+def time_segments(times: np.ndarray) -> tuple[np.timedelta64, tuple[Segment, ...]]:
+    """Most common step, and runs of frames split wherever the spacing differs from it.
+
+    Parameters
+    ----------
+    times : np.ndarray
+        Increasing ``datetime64`` frame times, at least 2.
+
+    Returns
+    -------
+    tuple
+        ``(step, segments)``: the most common spacing and the runs of frames evenly spaced by it.
+    """
     diffs = np.diff(times)
     steps, counts = np.unique(diffs, return_counts=True)
     step = steps[np.argmax(counts)]  # ties: the smallest, since np.unique sorts
@@ -207,26 +228,85 @@ def _transforms(
     return {name: cast(Transform, option.get(name)) or _default_transform(ds[name]) for name in names}
 
 
-def _compute_stats(ds: xr.Dataset, tdim: str, transforms: Mapping[str, Transform]) -> list[VariableSpec]:
-    """Mean and std of the finite transformed values, one dask pass over a subsample of frames."""
-    n = ds.sizes[tdim]
-    frames = np.unique(np.linspace(0, n - 1, min(n, STATS_MAX_FRAMES)).round().astype(int))
-    sums = []
+def _sample_frames(n: int, count: int) -> np.ndarray:
+    """At most ``count`` evenly spaced frame indices of ``n``, the first and last included."""
+    return np.unique(np.linspace(0, n - 1, min(n, count)).round().astype(int))
+
+
+def _scan(
+    ds: xr.Dataset, tdim: str, transforms: Mapping[str, Transform], frames: np.ndarray, source: str
+) -> dict[str, dict[str, float]]:
+    """Counts (finite, inf, absurd, negative, nonzero) and sums of transformed finite values; one pass."""
+    tasks = {}
     for name, transform in transforms.items():
-        data = ds[name].isel({tdim: frames}).data.astype(np.float64)
-        data = dsa.log1p(dsa.maximum(data, 0)) if transform == "log1p" else data
-        finite = dsa.isfinite(data)
-        data = dsa.where(finite, data, 0.0)
-        sums.append((finite.sum(), data.sum(), (data * data).sum()))
-    (totals,) = dask.compute(sums)
+        raw = ds[name].isel({tdim: frames}).data.astype(np.float64)
+        finite = dsa.isfinite(raw)
+        values = dsa.where(finite, raw, 0.0)
+        data = dsa.log1p(dsa.maximum(values, 0)) if transform == "log1p" else values
+        tasks[name] = {
+            "finite": finite.sum(),
+            "inf": dsa.isinf(raw).sum(),
+            "absurd": (dsa.fabs(values) >= ABSURD_MAGNITUDE).sum(),
+            "negative": (values < 0).sum(),
+            "nonzero": (values != 0).sum(),
+            "sum": data.sum(),
+            "squares": (data * data).sum(),
+        }
+    with reading(f"{len(frames)} frames of {source}"):
+        (counts,) = dask.compute(tasks)
+    return {name: {k: float(v) for k, v in c.items()} for name, c in counts.items()}
+
+
+def _check_values(
+    ds: xr.Dataset,
+    tdim: str,
+    name: str,
+    transform: Transform,
+    counts: Mapping[str, float],
+    sampled: int,
+    source: str,
+) -> None:
+    """Refuse values no field holds: infinities, undeclared fill values, rain mostly below zero, no data."""
+    where = f"in {sampled} sampled frames" if sampled < ds.sizes[tdim] else "in the selected times"
+    if counts["inf"]:
+        raise InputError(
+            f"variable {name!r} holds {int(counts['inf'])} infinite values {where}; mask them as NaN, "
+            "e.g. ds.where(np.isfinite(ds))"
+        )
+    if counts["absurd"]:
+        raise InputError(
+            f"variable {name!r} holds {int(counts['absurd'])} values of magnitude >= {ABSURD_MAGNITUDE:g} "
+            f"{where}, fill values nobody declared; set _FillValue on it or mask them as NaN"
+        )
+    if transform == "log1p" and counts["negative"] > 0.5 * counts["nonzero"]:
+        raise InputError(
+            f"variable {name!r} is precipitation-like but most of its nonzero values are negative {where}; "
+            "check its sign and units (reflectivity in dBZ is not a rain rate)"
+        )
+    if counts["finite"] == 0 and sampled < ds.sizes[tdim]:
+        # Only a pathological input pays for this full pass: the sample found no valid value at all.
+        with reading(f"variable {name!r} of {source}"):
+            counts = {"finite": float(dsa.isfinite(ds[name].data).sum().compute())}
+    if counts["finite"] == 0:
+        raise InputError(
+            f"variable {name!r} is all NaN in the selected times (no valid value); "
+            "choose another variable, time range or input"
+        )
+
+
+def _compute_stats(
+    ds: xr.Dataset, tdim: str, transforms: Mapping[str, Transform], source: str
+) -> list[VariableSpec]:
+    """Mean and std of the finite transformed values, one dask pass over a subsample of frames."""
+    frames = _sample_frames(ds.sizes[tdim], STATS_MAX_FRAMES)
+    scanned = _scan(ds, tdim, transforms, frames, source)
     specs = []
-    for (name, transform), (count, total, squares) in zip(transforms.items(), totals, strict=True):
-        if count == 0:
-            raise InputError(
-                f"variable {name!r} is all NaN in the selected times; choose another variable or time range"
-            )
-        mean = total / count
-        std = float(np.sqrt(max(squares / count - mean * mean, 0.0)))
+    for name, transform in transforms.items():
+        c = scanned[name]
+        _check_values(ds, tdim, name, transform, c, len(frames), source)
+        count = c["finite"]
+        mean = c["sum"] / count
+        std = float(np.sqrt(max(c["squares"] / count - mean * mean, 0.0)))
         # A constant field (e.g. no rain at all) has std 0: keep it unscaled rather than divide by 0.
         std = std if std > 0 and np.isfinite(std) else 1.0
         da = ds[name]
@@ -343,7 +423,8 @@ def open_fields(
         ``{"name": "log1p" | "none"}``; default log1p for precipitation-like units or names.
     stats : sequence of VariableSpec, optional
         Normalisation from a checkpoint; units must match, and the channels take the checkpoint's
-        order. Given, nothing is computed here.
+        order. Given, only `CHECK_FRAMES` evenly spaced frames are read, to refuse an input without
+        a valid value, with infinities or with undeclared fill values.
     time : str or slice, optional
         ``"START:END"`` (see `parse_time_range`) or a label slice on the time dim.
 
@@ -354,16 +435,20 @@ def open_fields(
     """
     if variables is None and stats is not None:
         variables = [s.name for s in stats]
+    label = str(source) if isinstance(source, (str, Path)) else ",".join(map(str, source))
     ds, names, tdim, ydim, xdim, gm = open_source(source, variables, chunks, time)
     times = ds[tdim].values
-    step, segments = _segments(times)
+    step, segments = time_segments(times)
     if stats is not None:
         specs = _check_stats(ds, names, stats, transforms)
         ds = ds[[s.name for s in specs]]
+        frames = _sample_frames(ds.sizes[tdim], CHECK_FRAMES)
+        scanned = _scan(ds, tdim, {s.name: s.transform for s in specs}, frames, label)
+        for spec in specs:
+            _check_values(ds, tdim, spec.name, spec.transform, scanned[spec.name], len(frames), label)
     else:
-        specs = _compute_stats(ds, tdim, _transforms(names, transforms, ds))
+        specs = _compute_stats(ds, tdim, _transforms(names, transforms, ds), label)
     ds.attrs[NORMALISATION_ATTR] = json.dumps([s.to_dict() for s in specs])
-    label = str(source) if isinstance(source, (str, Path)) else ",".join(map(str, source))
     return Fields(ds, tuple(specs), tdim, ydim, xdim, step, segments, gm, label)
 
 
@@ -388,8 +473,31 @@ def load_frames(fields: Fields, t: slice, y: slice = slice(None), x: slice = sli
     # Synchronous unless a scheduler is configured: a window is a few chunks, and dask's thread pool
     # does not survive fork (DataLoader workers would wait forever on the parent's dead threads).
     scheduler = dask.config.get("scheduler", None) or "synchronous"
-    (block,) = dask.compute(dsa.stack(arrays, axis=1), scheduler=scheduler)
+    times = fields.times[t]
+    what = f"frames {str(times[0])[:16]} to {str(times[-1])[:16]} of {fields.source}" if len(times) else ""
+    with reading(what or fields.source):
+        (block,) = dask.compute(dsa.stack(arrays, axis=1), scheduler=scheduler)
+    _check_block(block, fields, what)
     return normalize(block, fields.variables)
+
+
+def _check_block(block: np.ndarray, fields: Fields, what: str) -> None:
+    """Infinities and undeclared fill values in frames about to be used are an input error, not data."""
+    finite = np.isfinite(block)
+    if finite.all() and not (np.abs(block) >= ABSURD_MAGNITUDE).any():
+        return
+    for c, name in enumerate(fields.names):
+        values = block[:, c]
+        if np.isinf(values).any():
+            raise InputError(
+                f"variable {name!r} holds infinite values in {what}; mask them as NaN, "
+                "e.g. ds.where(np.isfinite(ds))"
+            )
+        if (np.abs(np.where(finite[:, c], values, 0)) >= ABSURD_MAGNITUDE).any():
+            raise InputError(
+                f"variable {name!r} holds values of magnitude >= {ABSURD_MAGNITUDE:g} in {what}, fill values "
+                "nobody declared; set _FillValue on it or mask them as NaN"
+            )
 
 
 def window_starts(fields: Fields, length: int, stride: int = 1) -> list[int]:
@@ -485,4 +593,7 @@ def prepare(
     step = f"dydiff-earth prepare: variables={list(ds.data_vars)} time={time!r} coarsen={coarsen}"
     ds.attrs["history"] = "\n".join(filter(None, [str(ds.attrs.get("history", "")), step]))
     frame_chunks = {dim: (1 if dim == tdim else -1) for dim in ds.dims}
-    return io.write_zarr(ds.chunk(frame_chunks), output)
+    label = str(sources) if isinstance(sources, (str, Path)) else ",".join(map(str, sources))
+    # The sources are read while the store is written: a damaged chunk surfaces here.
+    with reading(label, action=f"convert into {output}"):
+        return io.write_zarr(ds.chunk(frame_chunks), output)

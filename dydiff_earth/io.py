@@ -33,6 +33,21 @@ def remove(path: Path) -> None:
         path.unlink()
 
 
+def _check_writable(final: Path) -> None:
+    """Create the output's directory and check that it takes files, before any work is spent on it."""
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise InputError(
+            f"cannot create the directory of output {final}: {reason}; choose another output"
+        ) from None
+    if not os.access(final.parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write output {final}: directory {final.parent} is not writable")
+    if final.exists() and not (final.is_file() or final.is_dir()):
+        raise InputError(f"output {final} exists and is not a file or a directory; choose another output")
+
+
 @contextlib.contextmanager
 def publish(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to write into; rename it onto ``path`` only on success.
@@ -44,7 +59,7 @@ def publish(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
     final = Path(path)
     if final.exists() and not overwrite:
         raise InputError(f"{final} exists; choose another output or remove it")
-    final.parent.mkdir(parents=True, exist_ok=True)
+    _check_writable(final)
     tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         yield tmp

@@ -8,10 +8,11 @@ No data is read. Time segments, normalisation and arrays belong to :mod:`dydiff_
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import glob
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +25,8 @@ from dydiff_earth.errors import InputError, MissingVariableError
 _ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")
 _NETCDF_SUFFIXES = frozenset({".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5"})
 _NETCDF_MAGIC = (b"CDF\x01", b"CDF\x02", b"CDF\x05", b"\x89HDF\r\n\x1a\n")
+# HDF5 (NetCDF-4) may start after a user block of 512, 1024, 2048... bytes.
+_HDF5_OFFSETS = (512, 1024, 2048)
 _Y_MARKS = frozenset({"projection_y_coordinate", "latitude", "grid_latitude"})
 _X_MARKS = frozenset({"projection_x_coordinate", "longitude", "grid_longitude"})
 
@@ -31,9 +34,35 @@ _X_MARKS = frozenset({"projection_x_coordinate", "longitude", "grid_longitude"})
 # ---------------------------------------------------------------------------------------------- opening
 
 
+#: Points a spatial dim needs at least: a dim of one point is a 1-D field (or a single level) in disguise.
+MIN_GRID_POINTS = 2
+
+
 def _one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
+
+
+@contextlib.contextmanager
+def reading(what: str, action: str = "") -> Iterator[None]:
+    """Turn any exception raised by the libraries reading a user's file into an `InputError` naming it.
+
+    xarray, netCDF4, h5py, zarr and the codecs raise whatever they like on a truncated file or a
+    corrupted chunk (``OSError``, ``RuntimeError`` from a decompressor, ``KeyError``...): all of them
+    mean the file cannot be read, which is for the user to fix, so none becomes a traceback.
+    ``MemoryError`` is not about the file and passes through. ``action`` names what was being done
+    when it is more than reading (``"convert into out.zarr"``).
+    """
+    try:
+        yield
+    except (InputError, MemoryError):
+        raise
+    except Exception as err:
+        doing = f"read {what}" + (f" to {action}" if action else "")
+        raise InputError(
+            f"cannot {doing}: {type(err).__name__}: {_one_line(err)}; a file may be truncated or "
+            "corrupted, re-create or re-download it"
+        ) from err
 
 
 def _expand(source: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -61,12 +90,22 @@ def _format(path: Path) -> Literal["zarr", "netcdf"]:
         if path.suffix == ".zarr" or any((path / m).exists() for m in _ZARR_MARKERS):
             return "zarr"
         raise InputError(f"directory {str(path)!r} is not a zarr store (no zarr.json or .zgroup)")
+    try:
+        with open(path, "rb") as f:
+            start = f.read(_HDF5_OFFSETS[-1] + 8)
+    except OSError as err:
+        raise InputError(f"cannot read {str(path)!r}: {_one_line(err)}") from None
+    head = start[:8]
+    hdf5 = any(start[o : o + 8] == _NETCDF_MAGIC[-1] for o in _HDF5_OFFSETS)
+    if hdf5 or any(head.startswith(magic) for magic in _NETCDF_MAGIC):
+        return "netcdf"
+    if not head:
+        raise InputError(f"{str(path)!r} is empty (0 bytes); re-create or re-download it")
     if path.suffix.lower() in _NETCDF_SUFFIXES:
-        return "netcdf"
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if any(head.startswith(magic) for magic in _NETCDF_MAGIC):
-        return "netcdf"
+        raise InputError(
+            f"{str(path)!r} is not a NetCDF file (no NetCDF or HDF5 signature at its start); "
+            "check that it is the file you meant and that it downloaded completely"
+        )
     raise InputError(
         f"unknown format of {str(path)!r}; give a zarr store (directory or .zarr) or a NetCDF file (.nc)"
     )
@@ -80,8 +119,9 @@ def _open_raw(paths: list[Path], chunks: dict[str, int] | None) -> xr.Dataset:
     fmt = formats.pop()
     # zarr: local stores are cheap to list, and asking for consolidated metadata makes zarr 3 warn.
     kwargs: dict = {"engine": "zarr", "consolidated": False} if fmt == "zarr" else {}
+    what = str(paths[0]) if len(paths) == 1 else f"{len(paths)} files ({paths[0]}, ...)"
     if chunks is None and fmt == "netcdf":
-        with xr.open_dataset(paths[0], chunks=None) as peek:
+        with reading(what), xr.open_dataset(paths[0], chunks=None) as peek:
             chunks = _netcdf_chunks(peek)
     elif chunks is None:
         chunks = {}
@@ -100,17 +140,16 @@ def _open_raw(paths: list[Path], chunks: dict[str, int] | None) -> xr.Dataset:
             join="exact",
             **kwargs,
         )
-    except InputError:
+    except (InputError, MemoryError):
         raise
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        what = str(paths[0]) if len(paths) == 1 else f"{len(paths)} files"
-        raise InputError(f"cannot open {what} as {fmt}: {_one_line(err)}") from None
+    except Exception as err:
+        raise InputError(f"cannot open {what} as {fmt}: {type(err).__name__}: {_one_line(err)}") from err
 
 
 def _netcdf_chunks(peek: xr.Dataset) -> dict[str, int]:
     """One frame per dask chunk, unless the file stores several frames per chunk: then its own chunks,
     since splitting a stored chunk would decompress it once per frame (and xarray warns)."""
-    tdim = _time_dim(peek)
+    tdim = find_time_dim(peek)
     for var in peek.data_vars.values():
         stored = var.encoding.get("chunksizes")
         if tdim in var.dims and stored and stored[var.dims.index(tdim)] > 1:
@@ -118,7 +157,7 @@ def _netcdf_chunks(peek: xr.Dataset) -> dict[str, int]:
     return {tdim: 1}
 
 
-def _time_dim(ds: xr.Dataset) -> str:
+def find_time_dim(ds: xr.Dataset) -> str:
     """CF marks first (``standard_name = time`` or ``axis = T``), then the usual names."""
     for dim in ds.dims:
         if dim in ds.variables:
@@ -133,7 +172,8 @@ def _time_dim(ds: xr.Dataset) -> str:
     )
 
 
-def _spatial_dims(ds: xr.Dataset) -> tuple[str, str]:
+def find_spatial_dims(ds: xr.Dataset) -> tuple[str, str]:
+    """``(y, x)`` dims: the usual name pairs first, then CF marks (``axis``, ``standard_name``)."""
     for y, x in schema.SPATIAL_DIM_PAIRS:
         if y in ds.dims and x in ds.dims:
             return y, x
@@ -153,6 +193,15 @@ def _spatial_dims(ds: xr.Dataset) -> tuple[str, str]:
             "latitude/longitude, or set axis='Y'/'X' on their coordinates"
         )
     return ym, xm
+
+
+def _check_grid(ds: xr.Dataset, ydim: str, xdim: str) -> None:
+    ny, nx = ds.sizes[ydim], ds.sizes[xdim]
+    if min(ny, nx) < MIN_GRID_POINTS:
+        raise InputError(
+            f"the grid is {ny} x {nx} ({ydim} x {xdim}): a field needs two spatial dims of at least "
+            f"{MIN_GRID_POINTS} points each; this looks like 1-D data, give a 2-D grid"
+        )
 
 
 def _choose_variables(
@@ -224,7 +273,8 @@ def parse_time_range(text: str) -> slice:
     return slice(lo, hi)
 
 
-def _as_datetimes(ds: xr.Dataset, tdim: str) -> xr.Dataset:
+def as_datetimes(ds: xr.Dataset, tdim: str) -> xr.Dataset:
+    """``ds`` with its time coordinate as ``datetime64`` (cftime calendars converted) or an `InputError`."""
     if tdim not in ds.coords:
         raise InputError(f"time dim {tdim!r} has no coordinate; add one with the frame times")
     values = ds[tdim].values
@@ -238,7 +288,8 @@ def _as_datetimes(ds: xr.Dataset, tdim: str) -> xr.Dataset:
         ) from None
 
 
-def _check_times(times: np.ndarray, tdim: str) -> None:
+def check_times(times: np.ndarray, tdim: str) -> None:
+    """Refuse missing, repeated or decreasing times, naming the first offending one."""
     if np.isnat(times).any():
         raise InputError(f"time coordinate {tdim!r} holds missing values; drop those frames")
     diffs = np.diff(times)
@@ -258,6 +309,22 @@ def _check_times(times: np.ndarray, tdim: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------- public API
+
+
+def open_raw(source: str | Path | Sequence[str | Path], chunks: dict[str, int] | None = None) -> xr.Dataset:
+    """Open a source lazily as it is (every variable, no checks beyond a readable format).
+
+    Parameters
+    ----------
+    source, chunks
+        As for `dydiff_earth.data.open_fields`.
+
+    Returns
+    -------
+    xr.Dataset
+        Lazy (dask) dataset; an unreadable file is an `InputError` naming it.
+    """
+    return _open_raw(_expand(source), chunks)
 
 
 def open_source(
@@ -280,11 +347,16 @@ def open_source(
         variables (the grid-mapping variable a coordinate) and times, at least 2 frames; the variable
         names in order; the dims; the grid-mapping variable's name or None.
     """
-    raw = _open_raw(_expand(source), chunks)
-    tdim = _time_dim(raw)
-    ydim, xdim = _spatial_dims(raw)
-    raw = _as_datetimes(raw, tdim)
-    _check_times(raw[tdim].values, tdim)
+    paths = _expand(source)
+    raw = _open_raw(paths, chunks)
+    tdim = find_time_dim(raw)
+    ydim, xdim = find_spatial_dims(raw)
+    _check_grid(raw, ydim, xdim)
+    # Coordinates are read here (times): a damaged file may fail now rather than when opened.
+    with reading(str(paths[0]) if len(paths) == 1 else f"{len(paths)} files ({paths[0]}, ...)"):
+        raw = as_datetimes(raw, tdim)
+        times = raw[tdim].values
+    check_times(times, tdim)
     names = _choose_variables(raw, variables, (tdim, ydim, xdim))
     gm = _grid_mapping(raw, names)
     ds = (raw.set_coords(gm) if gm else raw)[names]

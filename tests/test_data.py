@@ -5,12 +5,9 @@ Opening sources (paths, formats, dims, time checks) is tested in test_sources.py
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import dask
 import numpy as np
 import pytest
 import xarray as xr
@@ -20,6 +17,7 @@ from _data_fixtures import make_ds
 
 from dydiff_earth import io
 from dydiff_earth.data import (
+    CHECK_FRAMES,
     NORMALISATION_ATTR,
     Segment,
     VariableSpec,
@@ -31,18 +29,6 @@ from dydiff_earth.data import (
     window_starts,
 )
 from dydiff_earth.errors import InputError
-
-
-@contextlib.contextmanager
-def raise_if_dask_computes() -> Iterator[None]:
-    """Fail on any dask compute inside the block (as in xarray's own tests)."""
-
-    def scheduler(dsk: object, keys: object, **kwargs: object) -> None:
-        raise AssertionError("dask computed inside a block that must stay lazy")
-
-    with dask.config.set(scheduler=scheduler):
-        yield
-
 
 # ------------------------------------------------------------------------------------------ bad input
 
@@ -154,18 +140,8 @@ def test_time_selection_and_descending_latitude(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------- laziness
 
 
-def test_given_stats_do_not_compute(tmp_path: Path) -> None:
-    make_ds().to_netcdf(tmp_path / "a.nc")
-    stats = open_fields(tmp_path / "a.nc").variables
-    with raise_if_dask_computes():
-        fields = open_fields(tmp_path / "a.nc", stats=stats)
-    assert fields.variables == stats
-
-
-def test_load_frames_reads_only_its_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    io.write_zarr(make_ds(nt=6).chunk({"time": 1}), tmp_path / "a.zarr")
-    stats = open_fields(tmp_path / "a.zarr").variables
-    fields = open_fields(tmp_path / "a.zarr", stats=stats)
+def _count_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Keys of the zarr chunks and metadata read from local stores from now on."""
     reads: list[str] = []
     original = zarr.storage.LocalStore.get
 
@@ -176,6 +152,26 @@ def test_load_frames_reads_only_its_chunks(tmp_path: Path, monkeypatch: pytest.M
         return await original(self, key, *args, **kwargs)
 
     monkeypatch.setattr(zarr.storage.LocalStore, "get", counting_get)
+    return reads
+
+
+def test_given_stats_read_only_a_sample(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # With a checkpoint's stats nothing is computed but the validity check of CHECK_FRAMES frames.
+    io.write_zarr(make_ds(nt=40).chunk({"time": 1}), tmp_path / "a.zarr")
+    stats = open_fields(tmp_path / "a.zarr").variables
+    reads = _count_reads(monkeypatch)
+    fields = open_fields(tmp_path / "a.zarr", stats=stats)
+    assert fields.variables == stats
+    chunks = {key for key in reads if key.startswith("precip/c/")}
+    assert len(chunks) == CHECK_FRAMES
+    assert {"precip/c/0/0/0", "precip/c/39/0/0"} <= chunks
+
+
+def test_load_frames_reads_only_its_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    io.write_zarr(make_ds(nt=6).chunk({"time": 1}), tmp_path / "a.zarr")
+    stats = open_fields(tmp_path / "a.zarr").variables
+    fields = open_fields(tmp_path / "a.zarr", stats=stats)
+    reads = _count_reads(monkeypatch)
     frames = load_frames(fields, slice(3, 5), slice(1, 3))
     assert frames.shape == (2, 1, 2, 5)
     assert sorted(reads) == ["precip/c/3/0/0", "precip/c/4/0/0"]
