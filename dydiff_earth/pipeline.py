@@ -62,8 +62,8 @@ def _demo_input(workdir: Path) -> str:
 
 
 def observed(fields: Fields, ds: xr.Dataset) -> xr.Dataset | None:
-    """Observed frames at the forecast's valid times, when the input has them (for maps)."""
-    valid = ds[schema.VALID_TIME].values
+    """Observed frames at the forecast's init and valid times, where the input has them (for maps)."""
+    valid = np.concatenate([np.atleast_1d(ds[schema.INIT_TIME].values), ds[schema.VALID_TIME].values.ravel()])
     have = np.isin(valid, fields.times)
     if not have.any():
         return None

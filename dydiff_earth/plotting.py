@@ -328,6 +328,27 @@ def _single_map(grid: _Grid, values: np.ndarray, style: _Style, title: str, path
     return _save_png(fig, path)
 
 
+def _mean_map(
+    grid: _Grid, mean: np.ndarray, last: Any, style: _Style, title: str, stamp: _Stamp, path: Path
+) -> Path:
+    """The ensemble mean next to the last observation before the forecast (``last``), when there is one.
+
+    A forecast map is read against what was seen at the init time: where the rain was, how much of it.
+    """
+    if last is None:
+        return _single_map(grid, mean, style, title, path)
+    fig, axes = _new_figure(grid, 2)
+    artist = None
+    for ax, label, values in zip(
+        axes, (f"observed at init {stamp.init:%H:%M}", "ensemble mean"), (last.values, mean), strict=True
+    ):
+        artist = _draw_field(ax, grid, values, style)
+        ax.set_title(label, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    _colorbar(fig, artist, axes, style)
+    return _save_png(fig, path)
+
+
 def _probability_map(name: str, da: xr.DataArray, grid: _Grid, stamp: _Stamp, path: Path) -> Path:
     """One panel per threshold of ``<var>_probability`` (dims threshold, y, x at one lead)."""
     style = _style_for(name, da.attrs, "probability", np.empty(0))
@@ -436,7 +457,8 @@ def plot_forecast(
         Lead-time *indices* to draw; default the first, middle and last.
     truth
         Observations with a datetime dim (e.g. ``time``) on the forecast's grid; the field at each valid
-        time is drawn next to the members, and its colour scale is theirs.
+        time is drawn next to the members, and its colour scale is theirs; the field at the init time (the
+        last observation) next to the ensemble mean.
     members
         How many members (the first ones) the members panel shows; 0 draws none.
     animate
@@ -468,7 +490,8 @@ def plot_forecast(
             stamp, at = stamps[i], {schema.LEAD_TIME: i}
             title = _title(var, ds[var].attrs, "ensemble mean", stamp)
             path = out / f"{var}_mean_lead{stamp.tag}.png"
-            written.append(_single_map(grid, mean.isel(at).values, mean_style, title, path))
+            last = _truth_at(truth, var, stamp.init, mean.shape[1:])
+            written.append(_mean_map(grid, mean.isel(at).values, last, mean_style, title, stamp, path))
             if spread is not None and spread_style is not None:
                 title = _title(var, ds[var].attrs, "ensemble spread", stamp)
                 path = out / f"{var}_spread_lead{stamp.tag}.png"

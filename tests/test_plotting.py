@@ -182,3 +182,15 @@ def test_real_radar_grid(shared_data: Path, tmp_path: Path, no_network: list[str
     with Image.open(tmp_path / "precip_mean.gif") as gif:
         assert gif.n_frames == 3
     assert no_network == []
+
+
+def test_mean_is_drawn_next_to_the_last_observation(tmp_path: Path) -> None:
+    """With an observation at the init time the mean map has two panels: what was seen, what is forecast."""
+    ds = fixtures.latlon_precip(n_members=2, n_leads=2)
+    truth = fixtures.truth_for(ds, "precip")
+    init = truth.isel({schema.TIME: [0]}).assign_coords({schema.TIME: [ds[schema.INIT_TIME].values]})
+    with_init = xr.concat([init, truth], schema.TIME)
+    plotting.plot_forecast(ds, tmp_path / "a", truth=with_init, members=0, lead_times=[0], animate=False)
+    plotting.plot_forecast(ds, tmp_path / "b", truth=truth, members=0, lead_times=[0], animate=False)
+    _check_png(tmp_path / "a" / "precip_mean_lead0030.png", _expected_size(2, ds, "precip"))
+    _check_png(tmp_path / "b" / "precip_mean_lead0030.png", _expected_size(1, ds, "precip"))
