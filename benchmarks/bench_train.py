@@ -143,7 +143,8 @@ def run_child(*args: str) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per tiny/small configuration")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per preset and patch")
+    parser.add_argument("--presets", default="tiny,radar,small", help="comma-separated presets, patch 32 and 64")
     parser.add_argument("--paper-steps", type=int, default=1, help="timed steps of paper, patch 32 (0: skip)")
     parser.add_argument("--fit-steps", type=int, default=6, help="timed steps of the end-to-end fit")
     parser.add_argument("--child", nargs="+", default=None, help=argparse.SUPPRESS)
@@ -160,7 +161,7 @@ def main() -> None:
 
     import torch
 
-    configs = [(p, s, args.steps) for p in ("tiny", "small") for s in (32, 64)]
+    configs = [(p, s, args.steps) for p in args.presets.split(",") for s in (32, 64)]
     if args.paper_steps > 0:
         configs.append(("paper", 32, args.paper_steps))
     rows = []
