@@ -144,7 +144,7 @@ def run_child(*args: str) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3, help="timed steps per preset and patch")
-    parser.add_argument("--presets", default="tiny,radar,small", help="comma-separated presets, patch 32 and 64")
+    parser.add_argument("--presets", default="tiny,radar,small", help="presets at patch 32 and 64")
     parser.add_argument("--paper-steps", type=int, default=1, help="timed steps of paper, patch 32 (0: skip)")
     parser.add_argument("--fit-steps", type=int, default=6, help="timed steps of the end-to-end fit")
     parser.add_argument("--child", nargs="+", default=None, help=argparse.SUPPRESS)
