@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
 import shutil
 import uuid
@@ -35,6 +37,9 @@ def remove(path: Path) -> None:
 
 def _check_writable(final: Path) -> None:
     """Create the output's directory and check that it takes files, before any work is spent on it."""
+    existing = next(p for p in (final.parent, *final.parent.parents) if p.exists() or p == Path(p.anchor))
+    if existing.exists() and not existing.is_dir():
+        raise InputError(f"cannot write output {final}: {existing} is a file, not a directory")
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -48,13 +53,51 @@ def _check_writable(final: Path) -> None:
         raise InputError(f"output {final} exists and is not a file or a directory; choose another output")
 
 
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two directory trees in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    A reader of ``b`` sees the old tree or the new one, never no tree at all (the gap between the two
+    renames of a move-aside-then-rename). Returns False where the kernel, C library or file system
+    cannot exchange; the caller then falls back to two renames.
+    """
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    """Recreate the directory tree ``src`` at ``dst`` with hard links to its files (copies where links fail).
+
+    A copy-on-write clone of a zarr store: zarr replaces a file it rewrites (temporary + rename), so
+    writing into the clone never changes a file of ``src`` that a reader may be reading.
+    """
+    for folder, _, files in os.walk(src):
+        target = dst / Path(folder).relative_to(src)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            try:
+                os.link(Path(folder) / name, target / name)
+            except OSError:
+                shutil.copy2(Path(folder) / name, target / name)
+
+
 @contextlib.contextmanager
 def publish(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to write into; rename it onto ``path`` only on success.
 
     Readers never see a partial file or store: the temporary name starts with ``.`` and ends in
-    ``.tmp``, it is fsynced, then renamed (atomic on POSIX for a file; for a directory store the old
-    one is moved aside first and removed after). On an exception the temporary is removed.
+    ``.tmp``, it is fsynced, then renamed (atomic on POSIX for a file; a directory store is swapped in
+    with `exchange`, or where that is not possible the old one is moved aside first and removed after).
+    On an exception the temporary is removed.
     """
     final = Path(path)
     if final.exists() and not overwrite:
@@ -65,10 +108,13 @@ def publish(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
         yield tmp
         _fsync_tree(tmp)
         if final.is_dir() and not final.is_symlink():
-            old = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.old")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
+            if exchange(tmp, final):
+                shutil.rmtree(tmp, ignore_errors=True)  # the old store, now under the temporary name
+            else:
+                old = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.old")
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
         dir_fd = os.open(final.parent, os.O_RDONLY)
