@@ -82,18 +82,68 @@ def synth(
 @app.command()
 @user_errors
 def prepare(
-    sources: Annotated[list[str], typer.Argument(help="NetCDF files, globs or zarr stores")],
+    sources: Annotated[list[str], typer.Argument(help="NetCDF files, globs, zarr stores or radar files")],
     output: Annotated[Path, typer.Option("--output", "-o", help="analysis-ready zarr store to write")],
     variables: Annotated[str | None, typer.Option(help="comma-separated variables (default: all)")] = None,
     coarsen: Annotated[int, typer.Option(help="block-average N x N cells (NaN if any cell is NaN)")] = 1,
     time: Annotated[str | None, typer.Option(help="time range START:END (either side may be empty)")] = None,
+    radar_format: Annotated[
+        str | None,
+        typer.Option(
+            "--format", help="radar files: odim, mch_gif, fmi_pgm, knmi_hdf5, ... (default: detected)"
+        ),
+    ] = None,
+    time_pattern: Annotated[
+        str | None, typer.Option(help="radar files: valid time in the name, e.g. %Y%m%d%H%M (? any char)")
+    ] = None,
+    zr: Annotated[
+        str | None,
+        typer.Option(help="radar reflectivity: Z = a R^b as a,b (default: the network's, else 200,1.6)"),
+    ] = None,
+    min_rate: Annotated[
+        float | None,
+        typer.Option(help="radar files: rates below this (mm h-1) become 0 (default 0.05 from dBZ)"),
+    ] = None,
 ) -> None:
-    """Turn NetCDF/zarr sources into an analysis-ready zarr (format 3) store."""
-    from dydiff_earth import data
+    """Turn NetCDF/zarr sources, or native radar files, into an analysis-ready zarr (format 3) store.
+
+    Radar files (ODIM HDF5, MeteoSwiss GIF, FMI PGM, ...) are read with pysteps' importers; a rerun
+    appends only the frames the store lacks, and bad files are skipped with a warning.
+    """
+    from dydiff_earth import data, native
 
     if coarsen < 1:
         raise InputError(f"--coarsen must be at least 1, got {coarsen}")
     src = sources[0] if len(sources) == 1 else sources
+    if native.is_native(src, radar_format):
+        if variables is not None:
+            raise InputError("--variables does not apply to radar files (they hold one field, precip)")
+        coefficients = _floats(zr, "--zr")
+        if zr is not None and len(coefficients) != 2:
+            raise InputError(f"--zr takes two numbers a,b (Z = a R^b), e.g. 200,1.6; got {zr!r}")
+        result = native.ingest(
+            src,
+            output,
+            format=radar_format,
+            time_pattern=time_pattern,
+            zr=(coefficients[0], coefficients[1]) if coefficients else None,
+            min_rate=min_rate,
+            coarsen=coarsen,
+            time=time,
+        )
+        for path, reason in result.skipped:
+            console.print(f"warning: skipped {path}: {reason}", markup=False, highlight=False, soft_wrap=True)
+        newest = "none" if result.newest is None else result.newest.isoformat()
+        console.print(
+            f"added {result.added} frame(s) of {result.format} to {output}: "
+            f"{result.total} in all, newest {newest}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    if radar_format or time_pattern or zr or min_rate is not None:
+        raise InputError("--format, --time-pattern, --zr and --min-rate apply to radar files only")
     path = data.prepare(src, output, variables=_split(variables), coarsen=coarsen, time=time)
     console.print(f"wrote {path}")
 
