@@ -1,0 +1,89 @@
+"""Validation skill against training steps: fair CRPS of weight snapshots and baselines, as a PNG and table.
+
+Snapshots are the files ``train --snapshot-every N`` keeps (``<output>.step<N>.safetensors``). All of
+them and the baselines are scored in one `dydiff-earth skill` run, on the same init times and points, under
+a reduced protocol this CPU affords (few init times and members, the fast sampler): the curve shows where
+training stops paying, not the final scores (those come from the full protocol, `docs/skill.md`).
+
+    .venv/bin/python benchmarks/training_curve.py --data runs/mch4.zarr --time 2017-01-31: \\
+        --snapshots 'runs/radar.step*.safetensors' --out docs/images/radar-training-curve.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import re
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from dydiff_earth import verify
+
+
+def step_of(path: str) -> int:
+    match = re.search(r"\.step(\d+)\.safetensors$", path)
+    if match is None:
+        raise SystemExit(f"{path}: not a snapshot (<name>.step<N>.safetensors)")
+    return int(match.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="observations: inputs and truth")
+    parser.add_argument("--time", default=None, help="held-out period START:END")
+    parser.add_argument("--snapshots", required=True, help="glob of <name>.step<N>.safetensors files")
+    parser.add_argument("--baselines", default="persistence,extrapolation,steps")
+    parser.add_argument("--inits", type=int, default=2)
+    parser.add_argument("--members", type=int, default=4)
+    parser.add_argument("--sampling-steps", type=int, default=10)
+    parser.add_argument("--out", type=Path, required=True, help="PNG to write")
+    args = parser.parse_args()
+    snapshots = sorted(glob.glob(args.snapshots), key=step_of)
+    if not snapshots:
+        raise SystemExit(f"no snapshot matches {args.snapshots!r}")
+    with tempfile.TemporaryDirectory(prefix="curve_") as work:
+        result = verify.skill(
+            args.data,
+            snapshots,
+            [b for b in args.baselines.split(",") if b],
+            time=args.time,
+            inits=args.inits,
+            members=args.members,
+            sampling_steps=args.sampling_steps,
+            thresholds=(1.0,),
+            report_dir=Path(work) / "report",
+        )
+    systems = result.summary["systems"]
+    names = list(systems)
+    steps = [step_of(p) for p in snapshots]
+    crps = [systems[n]["crps_fair"] for n in names[: len(snapshots)]]
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), layout="constrained")
+    ax.plot(steps, crps, "o-", label="model snapshots")
+    for name in names[len(snapshots) :]:
+        ax.axhline(systems[name]["crps_fair"], ls="--", lw=1, color=f"C{names.index(name)}", label=name)
+    ax.set_xlabel("training steps (batch 8)")
+    ax.set_ylabel("fair CRPS (mm h-1), lower is better")
+    times = ", ".join(t[11:16] for t in result.summary["init_times"])
+    ax.set_title(
+        f"validation skill, {args.members} members, {args.sampling_steps} DDIM steps, inits {times}",
+        fontsize=9,
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=100)
+    print(f"| step | {' | '.join(str(s) for s in steps)} |")
+    print(f"|---|{'---|' * len(steps)}")
+    print(f"| fair CRPS | {' | '.join(f'{c:.4f}' for c in crps)} |")
+    for name in names[len(snapshots) :]:
+        print(f"{name}: fair CRPS {systems[name]['crps_fair']:.4f}")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
