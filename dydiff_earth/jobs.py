@@ -8,6 +8,7 @@ and is complete. Exit codes (``TickResult.code``): 0 done or nothing to do, 2 ba
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -56,6 +57,13 @@ class JobConfig:
     log_file: str = "run.log"
     device: str = "auto"
     batch_size: int = 8
+    #: raw radar files as ``input`` (a glob): each tick first ingests new files into this zarr store
+    #: (default ``<output_dir>/input.zarr``), see `dydiff_earth.native.ingest`
+    store: str = ""
+    #: their format (default: detected), valid time pattern in the names, block-mean factor
+    format: str = ""
+    time_pattern: str = ""
+    coarsen: int = 1
 
 
 def load_job(path: str | Path) -> tuple[JobConfig, Path]:
@@ -87,6 +95,7 @@ def load_job(path: str | Path) -> tuple[JobConfig, Path]:
                 "checkpoint": checkpoint,
                 "output_dir": resolve(job.output_dir),
                 "log_file": resolve(job.log_file),
+                "store": resolve(job.store) if job.store else "",
             }
         ),
         p,
@@ -97,7 +106,7 @@ def _check(job: JobConfig) -> None:
     """Values a job cannot run with, named by key (the caller prefixes the file name)."""
     if not job.input:
         raise InputError("key 'input' is required (the zarr store or NetCDF files to forecast from)")
-    for key in ("members", "sampling_steps", "batch_size"):
+    for key in ("members", "sampling_steps", "batch_size", "coarsen"):
         if getattr(job, key) < 1:
             raise InputError(f"key {key!r} must be at least 1, not {getattr(job, key)}")
     if job.lead_times < 0:
@@ -108,6 +117,10 @@ def _check(job: JobConfig) -> None:
             raise InputError("key 'retention' must keep at least 1 output; leave it out to keep all")
     elif job.retention:
         _duration(job.retention, "retention")
+    if job.format:
+        from dydiff_earth.native import format_name
+
+        format_name(job.format)  # an unknown format is refused with the known ones listed
     if not job.output_pattern.endswith(io.FORECAST_SUFFIXES):
         raise InputError(f"key 'output_pattern' must end in .nc or .zarr, not {job.output_pattern!r}")
 
@@ -342,6 +355,7 @@ def tick(job: JobConfig, *, now: str | None = None, backfill: str | None = None)
 
     started = time.perf_counter()
     clock = _clock(now)
+    job = _ingest(job)
     # Loaded once per tick and reused by every forecast of it (a backfill may write many).
     model = load_model(job.checkpoint, resolve_device(job.device))
     fields = open_fields(
@@ -398,6 +412,28 @@ def tick(job: JobConfig, *, now: str | None = None, backfill: str | None = None)
         f"input_age={age.total_seconds():.0f}s duration={time.perf_counter() - started:.1f}s{took}{waiting}"
     )
     return TickResult(0, _log(job, line), tuple(written))
+
+
+def _ingest(job: JobConfig) -> JobConfig:
+    """Where ``input`` names raw radar files, ingest the new ones into the job's store and read from it."""
+    from dydiff_earth import native
+
+    if not native.is_native(job.input, job.format or None):
+        return job
+    store = job.store or os.path.join(job.output_dir, "input.zarr")
+    result = native.ingest(
+        job.input,
+        store,
+        format=job.format or None,
+        time_pattern=job.time_pattern or None,
+        coarsen=job.coarsen,
+    )
+    for path, reason in result.skipped:
+        _log(job, f"ingest status=skipped file={path} reason={reason}")
+    if result.added:
+        newest = _iso(result.newest) if result.newest is not None else "none"
+        _log(job, f"ingest status=added frames={result.added} total={result.total} newest={newest}")
+    return dataclasses.replace(job, input=store)
 
 
 def _tidy(job: JobConfig) -> None:
@@ -472,7 +508,10 @@ def append_frames(source: str | Path, store: str | Path, frames: int = 1) -> Fee
         io.write_zarr(chunk.assign_attrs(attrs | title), target, encoding=encoding)
     else:
         # Appending rewrites only variables along time; the store keeps its grid and the time encoding
-        # (units, dtype) of its first write, so the new datetimes are encoded the same way.
+        # (units, dtype) of its first write, so the new datetimes are encoded the same way. It appends to
+        # a hard-linked clone swapped in whole, so that a tick reading the store never sees half a frame.
         chunk = chunk.drop_vars([n for n, v in chunk.variables.items() if tdim not in v.dims])
-        chunk.to_zarr(target, append_dim=tdim, mode="a", zarr_format=3, consolidated=False)
+        with io.publish(target) as tmp:
+            io.link_tree(target, tmp)
+            chunk.to_zarr(tmp, append_dim=tdim, mode="a", zarr_format=3, consolidated=False)
     return FeedState(added, have + added, _iso(chunk[tdim].values[-1]))
