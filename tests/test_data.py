@@ -14,6 +14,9 @@ import xarray as xr
 import zarr
 import zarr.storage
 from _data_fixtures import make_ds
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from dydiff_earth import io
 from dydiff_earth.data import (
@@ -292,3 +295,44 @@ def test_prepare_real_radar_coarse(shared_data: Path, tmp_path: Path) -> None:
     assert np.isnan(fields.dataset["precip"].values[0, 0, 47])
     np.testing.assert_allclose(fields.dataset["precip"].values[0, 10, 67], wet.mean(), rtol=1e-5)
     assert wet.mean() > 0.5
+
+
+# ------------------------------------------------------------------------------------- fuzzing the edge
+
+
+@st.composite
+def _sources(draw: st.DrawFn) -> tuple[xr.Dataset, np.ndarray]:
+    """Small sources of any shape, dtype, NaN pattern and time axis (repeats, reversals, gaps included)."""
+    nt, ny, nx = draw(st.integers(1, 6)), draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    steps = draw(st.lists(st.sampled_from([-5, 0, 5, 5, 5, 10, 60]), min_size=nt - 1, max_size=nt - 1))
+    times = np.datetime64("2020-01-01T00:00") + np.cumsum([0, *steps]).astype("timedelta64[m]")
+    dtype = draw(st.sampled_from([np.float32, np.float64, np.int16]))
+    values = draw(arrays(np.float64, (nt, ny, nx), elements=st.floats(0, 50, allow_nan=False)))
+    if dtype != np.int16:
+        values[draw(arrays(bool, (nt, ny, nx)))] = np.nan
+    units = draw(st.sampled_from(["mm h-1", "K"]))
+    ds = make_ds(nt, ny, nx, units=units)
+    ds = ds.assign_coords(time=times)
+    ds["precip"] = (("time", "y", "x"), values.astype(dtype), ds["precip"].attrs)
+    return ds, values
+
+
+@settings(max_examples=40, deadline=None)
+@given(_sources())
+def test_open_fields_documented_errors_or_the_right_shape(case: tuple[xr.Dataset, np.ndarray]) -> None:
+    """Any source: an `InputError`, or Fields of the source's shape whose frames hold its NaN pattern."""
+    import tempfile
+
+    ds, values = case
+    with tempfile.TemporaryDirectory() as tmp:
+        ds.to_netcdf(Path(tmp) / "a.nc")
+        try:
+            fields = open_fields(Path(tmp) / "a.nc")
+        except InputError:
+            return
+        nt, ny, nx = values.shape
+        assert fields.shape == (ny, nx) and len(fields.times) == nt
+        assert sum(s.length for s in fields.segments) == nt
+        frames = load_frames(fields, slice(0, nt))
+        assert frames.shape == (nt, 1, ny, nx) and frames.dtype == np.float32
+        np.testing.assert_array_equal(np.isnan(frames[:, 0]), np.isnan(values))
