@@ -304,6 +304,8 @@ def _compute_stats(
     for name, transform in transforms.items():
         c = scanned[name]
         _check_values(ds, tdim, name, transform, c, len(frames), source)
+        if c["finite"] == 0:  # valid values only between the sampled frames: statistics from all of them
+            c = _scan(ds, tdim, {name: transform}, np.arange(ds.sizes[tdim]), source)[name]
         count = c["finite"]
         mean = c["sum"] / count
         std = float(np.sqrt(max(c["squares"] / count - mean * mean, 0.0)))
