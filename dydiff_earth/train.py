@@ -350,8 +350,14 @@ def fit(
     if scale is not None:
         meta["departure_scale"] = [float(v) for v in scale]
     if len(stores) > 1:
-        meta["data"]["sources"] = [f.source for f in stores]
-        meta["data"]["frames"] = sum(len(f.times) for f in stores)
+        meta["data"] = {
+            "source": " + ".join(str(f.source) for f in stores),
+            "sources": [str(f.source) for f in stores],
+            "time_start": str(min(f.times[0] for f in stores)),
+            "time_end": str(max(f.times[-1] for f in stores)),
+            "frames": sum(len(f.times) for f in stores),
+            "segments": sum(len(f.segments) for f in stores),
+        }
     autocast = dev.type == "cuda"
     loss_value, val_loss, t0, seen = math.nan, None, time.perf_counter(), 0
     batches = _batches(stream, cfg.batch_size, cfg.num_workers)
