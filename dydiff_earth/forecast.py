@@ -386,6 +386,11 @@ class DiffusionForecaster:
         idx = init_index(fields, init_time, m.context)
         ctx = load_frames(fields, slice(idx - m.context + 1, idx + 1))  # (P, C, H, W)
         coverage = np.isfinite(ctx).all(axis=(0, 1))
+        if not coverage.any():
+            raise InputError(
+                f"no grid point has valid data in all {m.context} context frames up to "
+                f"{str(fields.times[idx])[:16]}: nothing to forecast from (an outage of the input?)"
+            )
         init = fields.times[idx]
         span = m.context + math.ceil(lead_times / m.horizon) * m.horizon
         if m.frame == "lagrangian":

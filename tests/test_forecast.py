@@ -259,3 +259,11 @@ def test_motion_frame_model_forecasts_the_whole_domain_reproducibly(store: Path,
     assert values.shape == (3, 3, 16, 24)
     assert np.isnan(values[..., :2, :3]).all() and np.isfinite(values[..., 2:, 3:]).all()
     assert a.attrs["frame"].startswith("lagrangian")
+
+
+def test_a_context_without_valid_data_is_refused(model, tmp_path: Path) -> None:
+    ds = testing.tiny_field(frames=6, size=(16, 24))
+    ds["precip"][3:] = np.nan  # an outage over the last context frames
+    store = io.write_zarr(ds, tmp_path / "outage.zarr")
+    with pytest.raises(InputError, match="no grid point has valid data"):
+        _forecast(model, store)
