@@ -180,7 +180,7 @@ def load_model(name_or_path: str | Path, device: torch.device | str = "cpu") -> 
             condition_channels=len(specs) if frame == "lagrangian" else 0,
         )
         denoiser.load_state_dict(weights)
-    except (KeyError, TypeError, RuntimeError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise InputError(
             f"{path}: checkpoint does not match this version's model ({_first_line(exc)})"
         ) from None

@@ -267,3 +267,21 @@ def test_a_context_without_valid_data_is_refused(model, tmp_path: Path) -> None:
     store = io.write_zarr(ds, tmp_path / "outage.zarr")
     with pytest.raises(InputError, match="no grid point has valid data"):
         _forecast(model, store)
+
+
+@pytest.mark.parametrize(
+    "lie",
+    [{"context": "four"}, {"variables": "twice"}, {"model": {"channels": [8]}}],
+    ids=["context", "variables", "shapes"],
+)
+def test_checkpoint_metadata_that_lies_is_refused(store: Path, tmp_path: Path, lie: dict) -> None:
+    ckpt = testing.tiny_checkpoint(tmp_path / "m.safetensors", open_fields(store))
+    weights, meta = io.load_checkpoint(ckpt)
+    meta = {k: v for k, v in meta.items() if k != "format"}
+    if "variables" in lie:
+        lie = {"variables": meta["variables"] * 2}
+    if "model" in lie:
+        lie = {"model": {**meta["model"], **lie["model"]}}
+    io.save_checkpoint(ckpt, weights, {**meta, **lie})
+    with pytest.raises(InputError, match="does not match this version's model"):
+        load_model(ckpt)
