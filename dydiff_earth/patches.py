@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +38,33 @@ def _shard() -> tuple[int, int]:
     info = get_worker_info()
     worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
     return rank * workers + worker, world * workers
+
+
+Crop = tuple[int, int, int]
+
+
+def rain_weighted_choice(
+    rng: np.random.Generator,
+    draw: Callable[[np.random.Generator], Crop],
+    rain_fraction: Callable[[Crop], float],
+) -> Crop:
+    """Rejection sampling of crops towards rain (see :class:`WindowStream`, ``rain_weighted``).
+
+    Up to ``RAIN_CANDIDATES`` candidates are drawn; each is accepted with probability
+    ``q + (1 - q) min(1, f / RAIN_FULL_FRACTION)``, ``q = RAIN_MIN_ACCEPT``, ``f`` its rain fraction; if
+    none is, the rainiest is kept.
+    """
+    best, best_fraction = None, -1.0
+    for _ in range(RAIN_CANDIDATES):
+        candidate = draw(rng)
+        fraction = rain_fraction(candidate)
+        accept = RAIN_MIN_ACCEPT + (1 - RAIN_MIN_ACCEPT) * min(1.0, fraction / RAIN_FULL_FRACTION)
+        if rng.random() < accept:
+            return candidate
+        if fraction > best_fraction:
+            best, best_fraction = candidate, fraction
+    assert best is not None
+    return best
 
 
 class IndexedStream(IterableDataset):
@@ -175,17 +202,7 @@ class WindowStream(IndexedStream):
     def _choose(self, rng: np.random.Generator) -> tuple[int, int, int]:
         if not self.rain_weighted:
             return self._draw(rng)
-        best, best_fraction = None, -1.0
-        for _ in range(RAIN_CANDIDATES):
-            candidate = self._draw(rng)
-            fraction = self._rain_fraction(*candidate)
-            accept = RAIN_MIN_ACCEPT + (1 - RAIN_MIN_ACCEPT) * min(1.0, fraction / RAIN_FULL_FRACTION)
-            if rng.random() < accept:
-                return candidate
-            if fraction > best_fraction:
-                best, best_fraction = candidate, fraction
-        assert best is not None
-        return best
+        return rain_weighted_choice(rng, self._draw, lambda c: self._rain_fraction(*c))
 
     def sample(self, i: int) -> dict:
         """Sample ``i`` of the global stream (a pure function of ``seed`` and ``i``)."""
@@ -289,14 +306,11 @@ class MotionWindowStream(IndexedStream):
         if patch is not None and (patch < 1 or patch > min(ny, nx)):
             raise InputError(f"patch {patch} does not fit the grid {ny}x{nx}; choose 1..{min(ny, nx)}")
         self.size = (ny, nx) if patch is None else (patch, patch)
-        self.rain_weighted = rain_weighted
-        if rain_weighted and rain_channel(fields.variables) is None:
+        self.rain_weighted, self.rain = rain_weighted, rain_channel(fields.variables)
+        if rain_weighted and self.rain is None:
             raise InputError("rain_weighted needs a precipitation-like (log1p) variable; turn it off")
-        self.rain_level = (
-            (math.log1p(RAIN_THRESHOLD) - fields.variables[0].mean) / fields.variables[0].std
-            if rain_weighted
-            else 0.0
-        )
+        spec = fields.variables[self.rain or 0]
+        self.rain_level = (math.log1p(RAIN_THRESHOLD) - spec.mean) / spec.std
         allowed = window_starts(fields, self.window)
         self.starts = allowed if starts is None else [s for s in starts if s in set(allowed)]
         if not self.starts:
@@ -314,23 +328,20 @@ class MotionWindowStream(IndexedStream):
         self.moments = departure_moments(self.departures)
         self.scale = departure_scale([self.moments]) if scale is None else np.asarray(scale, np.float32)
 
-    def _crop(self, rng: np.random.Generator) -> tuple[int, int, int]:
+    def _draw(self, rng: np.random.Generator) -> Crop:
         n, _, _, ny, nx = self.departures.shape
-        best, best_fraction = None, -1.0
-        for _ in range(RAIN_CANDIDATES if self.rain_weighted else 1):
-            w = int(rng.integers(n))
-            y0, x0 = int(rng.integers(ny - self.size[0] + 1)), int(rng.integers(nx - self.size[1] + 1))
-            if not self.rain_weighted:
-                return w, y0, x0
-            init = self.init_frames[w, 0, y0 : y0 + self.size[0], x0 : x0 + self.size[1]]
-            fraction = float(np.mean(init >= self.rain_level))
-            accept = RAIN_MIN_ACCEPT + (1 - RAIN_MIN_ACCEPT) * min(1.0, fraction / RAIN_FULL_FRACTION)
-            if rng.random() < accept:
-                return w, y0, x0
-            if fraction > best_fraction:
-                best, best_fraction = (w, y0, x0), fraction
-        assert best is not None
-        return best
+        w = int(rng.integers(n))
+        return w, int(rng.integers(ny - self.size[0] + 1)), int(rng.integers(nx - self.size[1] + 1))
+
+    def _rain_fraction(self, crop: Crop) -> float:
+        w, y0, x0 = crop
+        init = self.init_frames[w, self.rain, y0 : y0 + self.size[0], x0 : x0 + self.size[1]]
+        return float(np.mean(init >= self.rain_level))
+
+    def _crop(self, rng: np.random.Generator) -> Crop:
+        if not self.rain_weighted:
+            return self._draw(rng)
+        return rain_weighted_choice(rng, self._draw, self._rain_fraction)
 
     def sample(self, i: int) -> dict:
         """Sample ``i`` of the global stream (a pure function of ``seed`` and ``i``)."""

@@ -257,3 +257,16 @@ def test_mixed_stream_draws_in_proportion_and_reproduces(drifting: Fields, field
     assert _key(mixed.sample(11)) == _key(MixedStream([a, b], [3.0, 1.0], seed=5).sample(11))
     with pytest.raises(InputError, match="one weight per stream"):
         MixedStream([a, b], [1.0])
+
+
+def test_motion_stream_rain_weighting_prefers_rain(fields: Fields) -> None:
+    from dydiff_earth.patches import MotionWindowStream
+
+    def wet(stream: MotionWindowStream) -> float:
+        return float(
+            np.mean([(stream.sample(i)["condition"] >= stream.rain_level).float().mean() for i in range(60)])
+        )
+
+    plain = MotionWindowStream(fields, 2, 2, 6, seed=3, augment=False)
+    weighted = MotionWindowStream(fields, 2, 2, 6, seed=3, augment=False, rain_weighted=True)
+    assert wet(weighted) > 1.2 * wet(plain), (wet(weighted), wet(plain))
