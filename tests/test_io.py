@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 import xarray as xr
+from _store_reader import reading
 
 from dydiff_earth import io, testing
 
@@ -43,29 +42,12 @@ def test_a_reader_never_sees_a_partial_append(tmp_path: Path) -> None:
     store = tmp_path / "feed.zarr"
     encoding = {"time": {"units": "seconds since 1970-01-01", "dtype": "int64"}}
     io.write_zarr(frames.isel(time=slice(0, 1)), store, encoding=encoding)
-    stop, reads, failures = threading.Event(), [], []
-
-    def reader() -> None:
-        while not stop.is_set():
-            try:
-                with xr.open_zarr(store, consolidated=False) as ds:
-                    newest = ds["precip"].isel(time=-1).values
-                    assert ds.sizes["time"] == ds["time"].size and np.isfinite(newest).all()
-                    reads.append(ds.sizes["time"])
-            except Exception as exc:
-                failures.append(repr(exc))
-
-    thread = threading.Thread(target=reader)
-    thread.start()
-    try:
+    with reading(store) as (reads, failures):
         for i in range(1, 12):
             frame = frames.isel(time=slice(i, i + 1)).drop_vars(["latitude", "longitude"])
             with io.publish(store) as tmp:
                 io.link_tree(store, tmp)
                 frame.to_zarr(tmp, append_dim="time", mode="a", zarr_format=3, consolidated=False)
-    finally:
-        stop.set()
-        thread.join()
     assert failures == []
     assert len(reads) >= 3 and reads == sorted(reads)
     with xr.open_zarr(store, consolidated=False) as ds:

@@ -8,13 +8,13 @@ the same files and packed as int16 with scale 0.01: prepared values must agree t
 from __future__ import annotations
 
 import shutil
-import threading
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from _store_reader import reading
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -257,27 +257,10 @@ def test_a_store_on_another_grid_is_refused_in_one_line(shared_data: Path, tmp_p
 def test_a_reader_sees_a_whole_store_while_frames_are_appended(shared_data: Path, tmp_path: Path) -> None:
     files, folder, store = raw(shared_data, "mch"), tmp_path / "incoming", tmp_path / "radar.zarr"
     native.ingest(sorted(feed(files[:1], folder).glob("*")), store, coarsen=4)
-    stop, reads, failures = threading.Event(), [], []
-
-    def reader() -> None:
-        while not stop.is_set():
-            try:
-                with xr.open_zarr(store, consolidated=False) as ds:
-                    newest = ds["precip"].isel(time=-1).values  # written, not fill values
-                    assert ds.sizes["time"] == ds["time"].size and np.isfinite(newest).any()
-                    reads.append(ds.sizes["time"])
-            except Exception as exc:
-                failures.append(repr(exc))
-
-    thread = threading.Thread(target=reader)
-    thread.start()
-    try:
+    with reading(store) as (reads, failures):
         for path in files[1:6]:
             feed([path], folder)
             native.ingest(str(folder / "*"), store, coarsen=4)
-    finally:
-        stop.set()
-        thread.join()
     assert failures == []
     assert len(set(reads)) >= 3 and reads == sorted(reads)  # it read while the store grew
 
