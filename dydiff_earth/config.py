@@ -65,10 +65,14 @@ class TrainConfig:
     #: fraction of each time segment's tail held out for validation loss
     validation_fraction: float = 0.1
     num_workers: int = 0
-    #: "eulerian" (the grid as observed), "lagrangian" (the motion frame, departures from extrapolation)
-    #: or "auto": lagrangian for precipitation-like data, eulerian otherwise
+    #: "eulerian" (the grid as observed), "persistence" (departures from the init frame on the grid),
+    #: "lagrangian" (the motion frame, departures from extrapolation) or "auto": lagrangian for
+    #: precipitation-like data, persistence for other data on a geographic grid, eulerian otherwise
     frame: str = "auto"
-    #: train on the 8 rotations and flips of each window (motion frame only)
+    #: fields of the grid and init time given to the network (:mod:`dydiff_earth.covariates`); None: all
+    #: of them for the persistence frame on a geographic grid, none otherwise
+    covariates: tuple[str, ...] | None = None
+    #: train on the 8 rotations and flips of each window (departure frames without covariates only)
     augment: bool = True
     #: keep a copy of the forecast weights every this many steps (0: never), for learning curves
     snapshot_every: int = 0

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from dydiff_earth import __version__, io, motion, schema
+from dydiff_earth import __version__, covariates, io, motion, schema
 from dydiff_earth.config import DiffusionConfig, ForecastConfig, ModelConfig
 from dydiff_earth.data import Fields, VariableSpec, canonical_units, denormalize, describe_step, load_frames
 from dydiff_earth.diffusion import Schedule, make_schedule
@@ -138,10 +138,12 @@ class LoadedModel:
     meta: dict
     path: str
     sha256: str
-    #: "eulerian" or "lagrangian" (the model forecasts departures from extrapolation in the motion frame)
+    #: "eulerian", "persistence" or "lagrangian" (:data:`dydiff_earth.motion.FRAMES`)
     frame: str = "eulerian"
-    #: ``(P + L,)`` departure scale per window position (motion frame only)
+    #: ``(P + L,)`` departure scale per window position (departure frames only)
     departure_scale: np.ndarray | None = None
+    #: covariates appended to the condition (:mod:`dydiff_earth.covariates`)
+    covariates: tuple[str, ...] = ()
 
 
 def resolve_checkpoint(name_or_path: str | Path) -> Path:
@@ -171,13 +173,17 @@ def load_model(name_or_path: str | Path, device: torch.device | str = "cpu") -> 
         specs = tuple(VariableSpec.from_dict(v) for v in meta["variables"])
         frame = meta.get("frame", "eulerian")
         scale = meta.get("departure_scale")
-        if frame not in motion.FRAMES or (frame == "lagrangian") != (scale is not None):
+        departures = frame in motion.DEPARTURE_FRAMES
+        if frame not in motion.FRAMES or departures != (scale is not None):
             raise KeyError(f"frame {frame!r} with departure scale {'set' if scale else 'missing'}")
+        names = tuple(meta.get("covariates", ()))
+        if (names and not departures) or any(n not in covariates.NAMES for n in names):
+            raise KeyError(f"covariates {', '.join(names)} in frame {frame!r}")
         denoiser = ConditionedDenoiser(
             model_cfg,
             channels=len(specs),
             context=int(meta["context"]),
-            condition_channels=len(specs) if frame == "lagrangian" else 0,
+            condition_channels=len(specs) + len(names) if departures else 0,
         )
         denoiser.load_state_dict(weights)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
@@ -198,6 +204,7 @@ def load_model(name_or_path: str | Path, device: torch.device | str = "cpu") -> 
         sha256=io.file_sha256(path),
         frame=frame,
         departure_scale=None if scale is None else np.asarray(scale, np.float32),
+        covariates=names,
     )
 
 
@@ -330,27 +337,31 @@ def _fixed_batch(
 
 @dataclass(frozen=True)
 class _Space:
-    """What the network sees of a window: the observed frame, or departures in the motion frame.
+    """What the network sees of a window: the observed frame, or departures from its init frame.
 
-    In the motion frame a window of absolute (normalised) values ``y`` is given to the network as
-    ``(y - y_init) / scale`` with ``y_init`` the last context frame, which is also the condition; zero
-    departure is extrapolation exactly.
+    In a departure frame a window of absolute (normalised) values ``y`` is given to the network as
+    ``(y - y_init) / scale`` with ``y_init`` the last context frame, which is also the condition
+    (followed by the covariates, if any); zero departure is persistence (extrapolation in the motion
+    frame) exactly.
     """
 
     scale: torch.Tensor | None  # (P + L, 1, 1, 1) or None for the observed frame
 
-    def encode(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Context ``(B, P, C, H, W)`` to the network's context and condition."""
+    def encode(
+        self, state: torch.Tensor, extra: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Context ``(B, P, C, H, W)`` and covariates ``(K, H, W)`` to the network's context and condition."""
         if self.scale is None:
             return state, None
         init = state[:, -1]
-        return (state - init[:, None]) / self.scale[: state.shape[1]], init
+        condition = init if extra is None else torch.cat([init, extra.expand(len(init), -1, -1, -1)], 1)
+        return (state - init[:, None]) / self.scale[: state.shape[1]], condition
 
     def decode(self, leads: torch.Tensor, condition: torch.Tensor | None, context: int) -> torch.Tensor:
         """Sampled target frames ``(B, L, C, H, W)`` back to absolute values."""
         if self.scale is None or condition is None:
             return leads
-        return condition[:, None] + leads * self.scale[context:]
+        return condition[:, None, : leads.shape[2]] + leads * self.scale[context:]
 
 
 class DiffusionForecaster:
@@ -404,7 +415,11 @@ class DiffusionForecaster:
             values = motion.from_motion_frame(values, velocity)
         else:
             valid = np.broadcast_to(coverage, (span, 1, *coverage.shape))
-            values = self.sample(np.nan_to_num(ctx), valid, init, lead_times, n_members, seed)
+            extra = None
+            if m.covariates:
+                grid = covariates.Covariates(fields, m.covariates)
+                extra = [grid.at(init + r * m.horizon * fields.time_step) for r in range(span // m.horizon)]
+            values = self.sample(np.nan_to_num(ctx), valid, init, lead_times, n_members, seed, extra)
         values = denormalize(values, m.variables)
         values[..., ~coverage] = np.nan
         return forecast_dataset(
@@ -419,11 +434,13 @@ class DiffusionForecaster:
         lead_times: int,
         n_members: int,
         seed: int,
+        extra: Sequence[np.ndarray] | None = None,
     ) -> np.ndarray:
         """Normalised members ``(M, N, C, H, W)`` from a normalised, NaN-free context ``(P, C, H, W)``.
 
         ``valid`` ``(P + rounds x L, 1, H, W)`` marks valid data in each frame of the rollout, context first.
-        For a motion-frame model, context, mask and members are all in the motion frame.
+        For a motion-frame model, context, mask and members are all in the motion frame. ``extra`` holds
+        the covariates ``(K, H, W)`` of each rollout round's init time, for a model that takes them.
         """
         m, cfg = self.model, self.config
         p, c, s = m.context, ctx.shape[1], m.context + m.horizon
@@ -438,10 +455,14 @@ class DiffusionForecaster:
         context[..., :height, :width] = torch.from_numpy(ctx)
         rounds = math.ceil(lead_times / m.horizon)
         masks = torch.zeros((rounds, s, 1, ph, pw))
+        k = len(m.covariates)
+        extras = torch.zeros((rounds, k, ph, pw))
         for r in range(rounds):
             masks[r, ..., :height, :width] = torch.from_numpy(
                 np.asarray(valid[r * m.horizon : r * m.horizon + s], np.float32)
             )
+            if k:
+                extras[r, :, :height, :width] = torch.from_numpy(extra[r])  # type: ignore[index]
         scale = m.departure_scale
         space = _Space(
             None if scale is None else torch.from_numpy(scale).reshape(-1, 1, 1, 1).to(self.device)
@@ -456,7 +477,7 @@ class DiffusionForecaster:
             leads: list[torch.Tensor] = []
             for r in range(rounds):
                 noise = torch.stack([torch.randn((s, c, ph, pw), generator=g) for g in gens])
-                given, condition = space.encode(state)
+                given, condition = space.encode(state, extras[r].to(self.device) if k else None)
                 valid_r = masks[r].to(self.device)
                 if full:
                     denoise = FullDomainDenoiser(m.denoiser, valid_r, condition)
@@ -510,6 +531,14 @@ class PersistenceForecaster:
 # --- samples -> labelled dataset ----------------------------------------------------------------------------
 
 
+_FRAME_NOTES = {
+    "eulerian": "",
+    "persistence": " (departures from persistence)",
+    "lagrangian": " (departures from extrapolation; motion: pysteps Lucas-Kanade on the context, "
+    "semi-Lagrangian)",
+}
+
+
 def _provenance(
     model: LoadedModel, cfg: ForecastConfig, fields: Fields, idx: int, seed: int, steps: Sequence[int]
 ) -> dict:
@@ -519,12 +548,8 @@ def _provenance(
         "checkpoint": model.path,
         "checkpoint_sha256": model.sha256,
         "gamma_ratio": model.schedule.gamma_ratio,
-        "frame": model.frame
-        + (
-            " (departures from extrapolation; motion: pysteps Lucas-Kanade on the context, semi-Lagrangian)"
-            if model.frame == "lagrangian"
-            else ""
-        ),
+        "frame": model.frame + _FRAME_NOTES[model.frame],
+        **({"covariates": ", ".join(model.covariates)} if model.covariates else {}),
         "package_version": __version__,
         "seed": seed,
         "rng_scheme": RNG_SCHEME,

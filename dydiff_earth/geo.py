@@ -70,7 +70,8 @@ def _candidate_dirs() -> list[Path]:
     return [*dirs, *LOCAL_DATA_DIRS]
 
 
-def _first_existing(names: Sequence[str]) -> Path | None:
+def first_existing(names: Sequence[str]) -> Path | None:
+    """The first of ``names`` (relative to a cartopy data folder) found in any data folder, or None."""
     for folder in _candidate_dirs():
         for name in names:
             if (folder / name).is_file():
@@ -91,7 +92,7 @@ def configure_cartopy() -> bool:
             if (folder / "shapefiles").is_dir():
                 cartopy.config["pre_existing_data_dir"] = folder
                 break
-    return _first_existing(_COASTLINES) is not None
+    return first_existing(_COASTLINES) is not None
 
 
 @functools.lru_cache(maxsize=16)
@@ -107,7 +108,7 @@ def _map_features() -> list[cfeature.Feature]:
     global _warned_no_map_data
     configure_cartopy()
     found = {
-        kind: _first_existing(names)
+        kind: first_existing(names)
         for kind, names in (("coastline", _COASTLINES), ("border", _BORDERS), ("lake", _LAKES))
     }
     features = [_read_feature(path, kind) for kind, path in found.items() if path is not None]
@@ -138,7 +139,7 @@ class _GridProjection(ccrs.Projection):
         self.threshold = min(bounds[1] - bounds[0], bounds[3] - bounds[2]) / 1000.0
 
 
-def _source_crs(attrs: dict[str, Any], name: str) -> pyproj.CRS:
+def source_crs(attrs: dict[str, Any], name: str) -> pyproj.CRS:
     """The pyproj CRS of a CF grid-mapping variable: WKT first (CF's authority), then proj4, then CF attrs."""
     try:
         for key in ("crs_wkt", "spatial_ref"):
@@ -245,7 +246,7 @@ def crs_of(ds: xr.Dataset, var: str) -> ccrs.CRS | None:
         return ccrs.PlateCarree() if geographic_kind(ds, da) else None
     if name not in ds.variables:
         raise ValueError(f"variable {var!r} names grid mapping {name!r}, which the dataset lacks")
-    source = _source_crs(dict(ds[name].attrs), name)
+    source = source_crs(dict(ds[name].attrs), name)
     if source.is_geographic and not source.is_derived:
         return ccrs.PlateCarree()
     stereographic = _stereographic(source)

@@ -112,7 +112,8 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
     dict
         ``kind="checkpoint"``, ``path``, ``size_bytes``, ``sha256``, ``variables`` (name, units,
         transform), ``time_step``/``time_step_seconds``, ``context``, ``horizon``, ``patch``,
-        ``preset``, ``model``, ``gamma_ratio``, ``diffusion``, ``frame``, ``grid``, ``training``
+        ``preset``, ``model``, ``gamma_ratio``, ``diffusion``, ``frame``, ``covariates``, ``grid``,
+        ``training``
         (data, steps, losses, options), ``tensors`` and ``parameters``.
     """
     p = Path(path)
@@ -157,6 +158,7 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
         "gamma_ratio": diffusion.get("gamma_ratio"),
         "diffusion": diffusion,
         "frame": meta.get("frame", "eulerian"),
+        "covariates": list(meta.get("covariates", [])),
         "grid": meta.get("grid"),
         "training": {
             "data": meta.get("data"),
@@ -441,6 +443,7 @@ def _checkpoint_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
         ("preset", str(info["preset"])),
         ("gamma ratio", _number(info["gamma_ratio"])),
         ("frame", str(info["frame"])),
+        ("covariates", ", ".join(info["covariates"]) or "none"),
         ("trained grid", f"{grid.get('dims')} {grid.get('shape')}, grid mapping {grid.get('grid_mapping')}"),
         (
             "training data",

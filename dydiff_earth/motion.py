@@ -27,8 +27,11 @@ from scipy.ndimage import map_coordinates
 
 from dydiff_earth.errors import InputError
 
-Frame = Literal["eulerian", "lagrangian"]
-FRAMES: tuple[str, ...] = ("eulerian", "lagrangian")
+Frame = Literal["eulerian", "persistence", "lagrangian"]
+#: What a model forecasts: the grid as observed ("eulerian"), or departures from the init frame on the
+#: grid ("persistence": zero departure is persistence) or in the motion frame ("lagrangian": extrapolation).
+FRAMES: tuple[str, ...] = ("eulerian", "persistence", "lagrangian")
+DEPARTURE_FRAMES: tuple[str, ...] = ("persistence", "lagrangian")
 
 #: Rain-rate threshold (mm h-1) and the dB value given to drier or missing pixels, as in the pysteps
 #: examples (``dB_transform(R, threshold=0.1, zerovalue=-15.0)``; -10 dBR is 0.1 mm h-1).
@@ -216,6 +219,7 @@ def from_motion_frame(leads: np.ndarray, velocity: np.ndarray) -> np.ndarray:
 
 __all__ = [
     "DB_ZERO",
+    "DEPARTURE_FRAMES",
     "FRAMES",
     "RAIN_THRESHOLD",
     "Frame",

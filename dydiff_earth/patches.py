@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,6 +18,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 from dydiff_earth import motion
 from dydiff_earth.data import Fields, VariableSpec, denormalize, load_frames, window_starts
 from dydiff_earth.errors import InputError
+from dydiff_earth.motion import DEPARTURE_FRAMES
+
+if TYPE_CHECKING:
+    from dydiff_earth.covariates import Covariates
 
 #: Rain-weighted crops: a pixel is rainy at or above this rate, in the variable's units (mm h-1 for
 #: radar; the usual "rain / no rain" threshold of nowcasting verification).
@@ -248,20 +253,21 @@ def departure_moments(departures: np.ndarray) -> np.ndarray:
     return np.stack([finite.sum(axis=(0, 2, 3, 4)).astype(np.float64), squares.sum(axis=(0, 2, 3, 4))])
 
 
-class MotionWindowStream(IndexedStream):
-    """Training windows in the motion frame, as departures from the init frame, with crops and symmetries.
+class DepartureWindowStream(IndexedStream):
+    """Training windows as departures from the init frame (in the motion frame or on the grid), cropped.
 
     Every window of ``context + horizon`` frames (all starts inside one segment) is read on the full
-    domain once, its motion field estimated from its context frames, and all its frames advected into the
-    frame of its init time (:func:`dydiff_earth.motion.to_motion_frame`; advection carries rain across
-    crop borders, so the transform comes before the crop). A frame's *departure* is its difference from
-    the init frame in normalised units, divided by the departure scale of its position in the window
-    (``scale``, the RMS departure over the training data): a model that predicts zero departures
-    forecasts extrapolation.
+    domain once. In the motion frame (``frame="lagrangian"``) its motion field is estimated from its
+    context frames and all its frames advected into the frame of its init time
+    (:func:`dydiff_earth.motion.to_motion_frame`; advection carries rain across crop borders, so the
+    transform comes before the crop); with ``frame="persistence"`` the grid stays as observed. A frame's
+    *departure* is its difference from the init frame in normalised units, divided by the departure scale
+    of its position in the window (``scale``, the RMS departure over the training data): a model that
+    predicts zero departures forecasts extrapolation (persistence on the grid).
 
-    Sample ``i`` draws a window, a crop (rain-weighted as in :class:`WindowStream` when asked) and one of
-    the 8 symmetries of the square (rotations by 90 degrees and flips, applied to the whole window, which
-    is the same as transforming a rotated window with its rotated motion field) from
+    Sample ``i`` draws a window, a crop (rain-weighted as in :class:`WindowStream` when asked) and, with
+    ``augment``, one of the 8 symmetries of the square (rotations by 90 degrees and flips, applied to the
+    whole window, which is the same as transforming a rotated window with its rotated motion field) from
     ``numpy.random.default_rng([seed, i])``.
 
     Parameters
@@ -272,14 +278,19 @@ class MotionWindowStream(IndexedStream):
     scale : np.ndarray, optional
         ``(S,)`` departure scale per window position; default: this stream's own (:attr:`moments`).
     augment : bool
-        Draw a random symmetry for each sample (training); off for validation.
+        Draw a random symmetry for each sample (training); off for validation and with covariates, which
+        tie a window to its place on Earth.
+    frame : {"lagrangian", "persistence"}
+        Departures in the motion frame or on the grid.
+    covariates : Covariates, optional
+        Fields of the grid and the init time (:mod:`dydiff_earth.covariates`) appended to the condition.
 
     Yields
     ------
     dict
         ``frames`` float32 ``(S, C, P, P)`` scaled departures (0 where invalid; exactly 0 at the init
-        frame); ``valid`` float32 ``(S, 1, P, P)``; ``condition`` float32 ``(C, P, P)``, the normalised init
-        frame (0 where missing); ``start``, ``y0``, ``x0``.
+        frame); ``valid`` float32 ``(S, 1, P, P)``; ``condition`` float32 ``(C + K, P, P)``, the normalised
+        init frame (0 where missing) then the ``K`` covariates; ``start``, ``y0``, ``x0``.
     """
 
     def __init__(
@@ -296,10 +307,14 @@ class MotionWindowStream(IndexedStream):
         start_index: int = 0,
         scale: np.ndarray | None = None,
         augment: bool = True,
+        frame: str = "lagrangian",
+        covariates: Covariates | None = None,
     ) -> None:
         super().__init__()
-        if context < 2:
+        if frame == "lagrangian" and context < 2:
             raise InputError(f"the motion frame needs at least 2 context frames for motion, not {context}")
+        if frame not in DEPARTURE_FRAMES:
+            raise InputError(f"departure frame must be {' or '.join(DEPARTURE_FRAMES)}, not {frame!r}")
         self.context, self.window, self.seed = context, context + horizon, seed
         self.length, self.start_index, self.augment = length, start_index, augment
         ny, nx = fields.shape
@@ -319,10 +334,18 @@ class MotionWindowStream(IndexedStream):
         windows = []
         for start in self.starts:
             window = load_frames(fields, slice(start, start + self.window))
-            moved = motion.to_motion_frame(window, window_motion(window, fields.variables, context), init)
-            windows.append(moved)
-        moved = np.stack(windows)  # (N, S, C, H, W) normalised, in the motion frame
+            if frame == "lagrangian":
+                velocity = window_motion(window, fields.variables, context)
+                window = motion.to_motion_frame(window, velocity, init)
+            windows.append(window)
+        moved = np.stack(windows)  # (N, S, C, H, W) normalised, in the frame of departures
         self.init_frames = moved[:, init]
+        times = fields.times
+        self.covariates = (
+            np.zeros((len(self.starts), 0, ny, nx), np.float32)
+            if covariates is None
+            else np.stack([covariates.at(times[s + init]) for s in self.starts])
+        )
         self.departures = moved - moved[:, init : init + 1]
         #: ``(2, S)`` count and sum of squares of the finite departures, to pool a scale over stores
         self.moments = departure_moments(self.departures)
@@ -349,7 +372,7 @@ class MotionWindowStream(IndexedStream):
         w, y0, x0 = self._crop(rng)
         ys, xs = slice(y0, y0 + self.size[0]), slice(x0, x0 + self.size[1])
         dep = self.departures[w, :, :, ys, xs] / self.scale[:, None, None, None]
-        cond = self.init_frames[w, :, ys, xs]
+        cond = np.concatenate([self.init_frames[w, :, ys, xs], self.covariates[w, :, ys, xs]])
         if self.augment:
             k, flip = int(rng.integers(4)), bool(rng.integers(2))
             dep, cond = (np.rot90(a, k, axes=(-2, -1)) for a in (dep, cond))
@@ -367,7 +390,7 @@ class MotionWindowStream(IndexedStream):
 
 
 def departure_scale(moments: Sequence[np.ndarray]) -> np.ndarray:
-    """``(S,)`` RMS departure per window position pooled over streams' :attr:`MotionWindowStream.moments`.
+    """``(S,)`` RMS departure per window position pooled over streams' :attr:`DepartureWindowStream.moments`.
 
     The init frame's departure is zero by construction; its scale is set to 1 so nothing divides by 0.
     """

@@ -13,6 +13,7 @@ from dydiff_earth import io
 from dydiff_earth.config import DiffusionConfig, TrainConfig, preset
 from dydiff_earth.data import Fields
 from dydiff_earth.model import ConditionedDenoiser
+from dydiff_earth.motion import DEPARTURE_FRAMES
 from dydiff_earth.train import checkpoint_meta
 
 
@@ -62,17 +63,19 @@ def tiny_checkpoint(
     gamma_ratio: float = 0.5,
     model: str = "tiny",
     frame: str = "eulerian",
+    covariates: tuple[str, ...] = (),
 ) -> Path:
     """An untrained checkpoint (preset ``model``) for ``fields``, with small random output weights.
 
     Its samples are meaningless but deterministic, which is what tests of plumbing, RNG keying, tiling
-    and file formats need without a training run. In the motion frame (``frame="lagrangian"``) the
-    departure scale is 1 at every position.
+    and file formats need without a training run. In a departure frame (``persistence``, ``lagrangian``)
+    the departure scale is 1 at every position and the condition takes ``covariates``.
     """
     torch.manual_seed(seed)
     model_cfg = preset(model)
     channels = len(fields.variables)
-    condition = channels if frame == "lagrangian" else 0
+    departures = frame in DEPARTURE_FRAMES
+    condition = channels + len(covariates) if departures else 0
     net = ConditionedDenoiser(model_cfg, channels=channels, context=context, condition_channels=condition)
     with torch.no_grad():
         for p in net.parameters():
@@ -81,6 +84,8 @@ def tiny_checkpoint(
     cfg = TrainConfig(context=context, horizon=horizon, patch=patch, steps=0)
     meta = checkpoint_meta(fields, model_cfg, DiffusionConfig(gamma_ratio=gamma_ratio), cfg, step=0)
     meta["frame"] = frame
-    if frame == "lagrangian":
+    if departures:
         meta["departure_scale"] = [1.0] * (context + horizon)
+    if covariates:
+        meta["covariates"] = list(covariates)
     return io.save_checkpoint(path, net.state_dict(), meta)

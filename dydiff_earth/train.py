@@ -14,16 +14,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from dydiff_earth import __version__, io
+from dydiff_earth import __version__, covariates, io, motion
 from dydiff_earth.config import DiffusionConfig, ModelConfig, TrainConfig
 from dydiff_earth.data import Fields, window_starts
 from dydiff_earth.diffusion import Schedule, diffusion_loss, make_schedule
 from dydiff_earth.errors import InputError
 from dydiff_earth.model import ConditionedDenoiser
 from dydiff_earth.patches import (
+    DepartureWindowStream,
     IndexedStream,
     MixedStream,
-    MotionWindowStream,
     WindowStream,
     departure_scale,
     rain_channel,
@@ -71,13 +71,39 @@ def split_starts(fields: Fields, length: int, fraction: float) -> tuple[list[int
     return train, val
 
 
+def _geographic(fields: Fields) -> bool:
+    try:
+        covariates.grid_lonlat(fields)
+    except InputError:
+        return False
+    return True
+
+
 def resolve_frame(frame: str, fields: Fields) -> str:
-    """``auto`` is the motion frame for precipitation-like data, the observed (Eulerian) one otherwise."""
+    """``auto``: the motion frame for precipitation-like data, departures from persistence for other data
+    on a geographic grid (weather), the grid as observed otherwise (turbulence, abstract grids)."""
     if frame == "auto":
-        return "lagrangian" if rain_channel(fields.variables) is not None else "eulerian"
-    if frame not in ("eulerian", "lagrangian"):
-        raise InputError(f"frame must be auto, eulerian or lagrangian, not {frame!r}")
+        if rain_channel(fields.variables) is not None:
+            return "lagrangian"
+        return "persistence" if _geographic(fields) else "eulerian"
+    if frame not in motion.FRAMES:
+        raise InputError(f"frame must be auto, {', '.join(motion.FRAMES)}, not {frame!r}")
     return frame
+
+
+def resolve_covariates(names: Sequence[str] | None, frame: str, fields: Fields) -> tuple[str, ...]:
+    """``None`` (auto): all covariates for departures from persistence on a geographic grid, else none.
+
+    Covariates reach the network through the condition, which only departure frames have.
+    """
+    if names is None:
+        return covariates.NAMES if frame == "persistence" and _geographic(fields) else ()
+    if names and frame not in motion.DEPARTURE_FRAMES:
+        raise InputError(
+            f"covariates are given with the init frame as condition: use --frame "
+            f"{' or '.join(motion.DEPARTURE_FRAMES)}, or --covariates none"
+        )
+    return tuple(names)
 
 
 def checkpoint_meta(
@@ -232,28 +258,37 @@ def training_streams(
     starts: Sequence[list[int]],
     *,
     seed: int,
+    covariate_names: Sequence[str] = (),
     length: int | None = None,
     start_index: int = 0,
     scale: np.ndarray | None = None,
     train: bool = True,
 ) -> tuple[IndexedStream, np.ndarray | None]:
-    """The sample stream over one or several stores, and the motion frame's departure scale (or None).
+    """The sample stream over one or several stores, and the departure scale (or None for ``eulerian``).
 
-    Stores are mixed in proportion to their windows times their cells (the crops they offer). In the
-    motion frame the departure scale is pooled over all stores unless ``scale`` is given.
+    Stores are mixed in proportion to their windows times their cells (the crops they offer). In a
+    departure frame the departure scale is pooled over all stores unless ``scale`` is given.
     """
     streams: list[IndexedStream] = []
+    departures = frame in motion.DEPARTURE_FRAMES
     for f, st in zip(fields, starts, strict=True):
         kw = {"seed": seed, "starts": st, "rain_weighted": cfg.rain_weighted and train}
-        if frame == "lagrangian":
+        if departures:
             streams.append(
-                MotionWindowStream(
-                    f, cfg.context, cfg.horizon, cfg.patch, augment=cfg.augment and train, **kw
+                DepartureWindowStream(
+                    f,
+                    cfg.context,
+                    cfg.horizon,
+                    cfg.patch,
+                    augment=cfg.augment and train and not covariate_names,
+                    frame=frame,
+                    covariates=covariates.Covariates(f, covariate_names) if covariate_names else None,
+                    **kw,
                 )
             )
         else:
             streams.append(WindowStream(f, cfg.context, cfg.horizon, cfg.patch, **kw))
-    if frame == "lagrangian":
+    if departures:
         scale = departure_scale([s.moments for s in streams]) if scale is None else scale  # type: ignore[attr-defined]
         for s in streams:
             s.scale = scale  # type: ignore[attr-defined]
@@ -304,13 +339,14 @@ def fit(
     if not stores:
         raise InputError("no data to train on")
     frame = resolve_frame(cfg.frame, stores[0])
+    names = resolve_covariates(cfg.covariates, frame, stores[0])
     dev = resolve_device(device)
     rank, world = _distributed()
     length = cfg.context + cfg.horizon
     splits = [split_starts(f, length, cfg.validation_fraction) for f in stores]
     torch.manual_seed(cfg.seed)
     channels = len(stores[0].variables)
-    condition = channels if frame == "lagrangian" else 0
+    condition = channels + len(names) if frame in motion.DEPARTURE_FRAMES else 0
     denoiser = ConditionedDenoiser(
         model_cfg, channels=channels, context=cfg.context, condition_channels=condition
     )
@@ -328,7 +364,13 @@ def fit(
         model = torch.nn.parallel.DistributedDataParallel(denoiser)
     schedule = make_schedule(diff_cfg)
     stream, scale = training_streams(
-        stores, cfg, frame, [tr for tr, _ in splits], seed=cfg.seed, start_index=step * cfg.batch_size * world
+        stores,
+        cfg,
+        frame,
+        [tr for tr, _ in splits],
+        seed=cfg.seed,
+        covariate_names=names,
+        start_index=step * cfg.batch_size * world,
     )
     val_stores = [(f, va) for f, (_, va) in zip(stores, splits, strict=True) if va]
     val_stream = None
@@ -339,6 +381,7 @@ def fit(
             frame,
             [va for _, va in val_stores],
             seed=cfg.seed + 7919,
+            covariate_names=names,
             length=4 * cfg.batch_size,
             scale=scale,
             train=False,
@@ -347,6 +390,8 @@ def fit(
         stores[0], model_cfg, diff_cfg, cfg, parameters=sum(p.numel() for p in denoiser.parameters())
     )
     meta["frame"] = frame
+    if names:
+        meta["covariates"] = list(names)
     if scale is not None:
         meta["departure_scale"] = [float(v) for v in scale]
     if len(stores) > 1:

@@ -198,9 +198,9 @@ def drifting(tmp_path_factory: pytest.TempPathFactory) -> Fields:
 
 
 def test_motion_stream_yields_departures_from_the_init_frame(drifting: Fields) -> None:
-    from dydiff_earth.patches import MotionWindowStream
+    from dydiff_earth.patches import DepartureWindowStream
 
-    stream = MotionWindowStream(drifting, 3, 3, 16, seed=1, augment=False)
+    stream = DepartureWindowStream(drifting, 3, 3, 16, seed=1, augment=False)
     assert len(stream.starts) == 5 and stream.scale.shape == (6,) and stream.scale[2] == 1.0
     s = stream.sample(0)
     assert s["frames"].shape == (6, 1, 16, 16) and s["condition"].shape == (1, 16, 16)
@@ -210,14 +210,14 @@ def test_motion_stream_yields_departures_from_the_init_frame(drifting: Fields) -
     rms = np.sqrt(np.nanmean(dep**2, axis=(0, 2, 3, 4)))
     np.testing.assert_allclose(np.delete(rms, 2), 1.0, rtol=1e-4)
     assert _key(stream.sample(7)) == _key(
-        MotionWindowStream(drifting, 3, 3, 16, seed=1, augment=False).sample(7)
+        DepartureWindowStream(drifting, 3, 3, 16, seed=1, augment=False).sample(7)
     )
 
 
 def test_motion_frame_departures_are_smaller_than_observed_changes(drifting: Fields) -> None:
-    from dydiff_earth.patches import MotionWindowStream
+    from dydiff_earth.patches import DepartureWindowStream
 
-    stream = MotionWindowStream(drifting, 3, 3, None, seed=0, augment=False)
+    stream = DepartureWindowStream(drifting, 3, 3, None, seed=0, augment=False)
     windows = np.stack([load_frames(drifting, slice(s, s + 6)) for s in stream.starts])
     observed = np.sqrt(np.nanmean((windows[:, 3:] - windows[:, 2:3]) ** 2))
     lagrangian = np.sqrt(np.nanmean(stream.departures[:, 3:] ** 2))
@@ -225,10 +225,10 @@ def test_motion_frame_departures_are_smaller_than_observed_changes(drifting: Fie
 
 
 def test_motion_stream_symmetries_are_rotations_and_flips(drifting: Fields) -> None:
-    from dydiff_earth.patches import MotionWindowStream
+    from dydiff_earth.patches import DepartureWindowStream
 
-    plain = MotionWindowStream(drifting, 3, 3, 16, seed=2, augment=False)
-    augmented = MotionWindowStream(drifting, 3, 3, 16, seed=2, scale=plain.scale)
+    plain = DepartureWindowStream(drifting, 3, 3, 16, seed=2, augment=False)
+    augmented = DepartureWindowStream(drifting, 3, 3, 16, seed=2, scale=plain.scale)
     seen = set()
     for i in range(24):
         a, b = plain.sample(i), augmented.sample(i)
@@ -260,13 +260,13 @@ def test_mixed_stream_draws_in_proportion_and_reproduces(drifting: Fields, field
 
 
 def test_motion_stream_rain_weighting_prefers_rain(fields: Fields) -> None:
-    from dydiff_earth.patches import MotionWindowStream
+    from dydiff_earth.patches import DepartureWindowStream
 
-    def wet(stream: MotionWindowStream) -> float:
+    def wet(stream: DepartureWindowStream) -> float:
         return float(
             np.mean([(stream.sample(i)["condition"] >= stream.rain_level).float().mean() for i in range(60)])
         )
 
-    plain = MotionWindowStream(fields, 2, 2, 6, seed=3, augment=False)
-    weighted = MotionWindowStream(fields, 2, 2, 6, seed=3, augment=False, rain_weighted=True)
+    plain = DepartureWindowStream(fields, 2, 2, 6, seed=3, augment=False)
+    weighted = DepartureWindowStream(fields, 2, 2, 6, seed=3, augment=False, rain_weighted=True)
     assert wet(weighted) > 1.2 * wet(plain), (wet(weighted), wet(plain))
