@@ -5,6 +5,8 @@
   Zawadzki 2002, MWR 130:2859; pysteps, Pulkkinen et al. 2019, GMD 12:4185), one member.
 - ``steps``: the STEPS ensemble (Bowler et al. 2006, QJRMS 132:2127; Seed et al. 2013, WRR 49:6624) in
   dB-transformed rain rate, as in the pysteps examples.
+- ``diurnal``: persistence plus the mean diurnal change, for weather fields: the last frame plus, lead by
+  lead, the mean change of each cell from one time of day to the next over a training record.
 
 Outputs are labelled by :func:`~dydiff_earth.forecast.forecast_dataset`, exactly like the model's, so the
 same verification code reads them. pysteps is imported only when a pysteps baseline runs.
@@ -28,7 +30,11 @@ from dydiff_earth.forecast import Forecaster, PersistenceForecaster, forecast_da
 from dydiff_earth.motion import RAIN_THRESHOLD, to_db
 
 #: Names accepted by :func:`make_baseline`.
-BASELINES = ("persistence", "extrapolation", "steps")
+BASELINES = ("persistence", "extrapolation", "steps", "diurnal")
+
+_SECONDS_PER_DAY = 86400
+#: Frames read at a time when averaging a record's diurnal change.
+_RECORD_CHUNK = 256
 
 #: Unit spellings of a rain rate, the only field STEPS is built for.
 _RAIN_RATE_UNITS = frozenset({"mm h-1", "mm/h", "mm hr-1", "mm/hr", "mm h**-1", "mm h^-1", "mmh-1"})
@@ -207,8 +213,89 @@ class StepsForecaster:
         return forecast_dataset(inputs, out, idx, prov)
 
 
-def make_baseline(name: str) -> Forecaster:
-    """A baseline forecaster by name: ``persistence``, ``extrapolation`` or ``steps``."""
+def _time_of_day(times: np.ndarray, step_seconds: int) -> np.ndarray:
+    """Slot of the day (0 .. day / step - 1) of each time."""
+    seconds = (times.astype("datetime64[s]") - np.datetime64(0, "s")).astype(np.int64)
+    return (seconds % _SECONDS_PER_DAY) // step_seconds
+
+
+class DiurnalForecaster:
+    """Persistence plus the mean diurnal change (one member), a reference for hourly weather fields.
+
+    From a training ``record``, the mean change of each grid cell from one time of day to the next
+    (over every pair of consecutive frames, per slot of the day ending at the later frame); a forecast
+    is the last frame plus the sum of the mean changes from the init time to each lead time. It knows
+    the sun's cycle at every cell, which persistence does not, and nothing of the weather.
+
+    Parameters
+    ----------
+    record : Fields
+        The training period (the same variables as the inputs); its time step must divide a day.
+    """
+
+    context = 1
+
+    def __init__(self, record: Fields) -> None:
+        self.record = record
+        seconds = int(record.time_step / np.timedelta64(1, "s"))
+        if seconds <= 0 or _SECONDS_PER_DAY % seconds:
+            raise InputError(
+                f"baseline 'diurnal' needs a time step that divides a day, not {seconds} s ({record.source})"
+            )
+        self.step_seconds = seconds
+        self._mean: np.ndarray | None = None
+
+    def mean_change(self) -> np.ndarray:
+        """float64 ``(slots, C, H, W)``: mean change into each slot of the day, in the variables' units."""
+        if self._mean is not None:
+            return self._mean
+        r = self.record
+        slots = _SECONDS_PER_DAY // self.step_seconds
+        total = np.zeros((slots, len(r.variables), *r.shape))
+        count = np.zeros_like(total)
+        for seg in r.segments:
+            # Chunks overlap by one frame, so every consecutive pair of the segment is counted once.
+            for lo in range(seg.start, seg.stop - 1, _RECORD_CHUNK - 1):
+                hi = min(lo + _RECORD_CHUNK, seg.stop)
+                frames = denormalize(load_frames(r, slice(lo, hi)), r.variables).astype(np.float64)
+                change = np.diff(frames, axis=0)
+                slot = _time_of_day(r.times[lo + 1 : hi], self.step_seconds)
+                finite = np.isfinite(change)
+                np.add.at(total, slot, np.where(finite, change, 0.0))
+                np.add.at(count, slot, finite)
+        if not count.any():
+            raise InputError(f"baseline 'diurnal': no two consecutive frames in the record {r.source}")
+        # A slot never seen (a record shorter than a day) adds no change: persistence there.
+        self._mean = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
+        return self._mean
+
+    def __call__(
+        self, inputs: Fields, *, init_time: str | None, lead_times: int, n_members: int = 1, seed: int = 0
+    ) -> xr.Dataset:
+        idx, last, coverage = _context_values(inputs, init_time, 1)
+        mean = self.mean_change()
+        if mean.shape[1:] != (len(inputs.variables), *inputs.shape):
+            raise InputError(
+                f"baseline 'diurnal': record {self.record.source} has grid {self.record.shape}, "
+                f"inputs {inputs.shape}"
+            )
+        leads = inputs.times[idx] + np.arange(1, lead_times + 1) * np.timedelta64(self.step_seconds, "s")
+        steps = np.cumsum(mean[_time_of_day(leads, self.step_seconds)], axis=0)
+        out = (last[-1][None] + steps).astype(np.float32)[None]
+        out[..., ~coverage] = np.nan
+        prov = _provenance(
+            "diurnal",
+            inputs,
+            idx,
+            1,
+            method="persistence plus the mean change by time of day, per grid cell",
+            record=f"{self.record.source}: {self.record.times[0]} .. {self.record.times[-1]}",
+        )
+        return forecast_dataset(inputs, out, idx, prov)
+
+
+def make_baseline(name: str, record: Fields | None = None) -> Forecaster:
+    """A baseline forecaster by name (:data:`BASELINES`); ``diurnal`` learns from the training ``record``."""
     key = name.strip().lower()
     if key == "persistence":
         return PersistenceForecaster()
@@ -216,11 +303,16 @@ def make_baseline(name: str) -> Forecaster:
         return ExtrapolationForecaster()
     if key == "steps":
         return StepsForecaster()
+    if key == "diurnal":
+        if record is None:
+            raise InputError("baseline 'diurnal' needs a training record before the held-out period")
+        return DiurnalForecaster(record)
     raise InputError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
 
 
 __all__ = [
     "BASELINES",
+    "DiurnalForecaster",
     "ExtrapolationForecaster",
     "StepsForecaster",
     "grid_spacing_km",

@@ -292,14 +292,28 @@ def _model_systems(
     return systems
 
 
-def _baseline_systems(fields: Fields, baselines: Sequence[str], taken: Sequence[str]) -> list[_System]:
+def training_record(data_source: str, fields: Fields) -> Fields:
+    """The frames of ``data_source`` before the held-out ``fields`` (what a baseline may learn from)."""
+    first = np.datetime64(fields.times[0], "s")
+    if np.datetime64(open_fields(data_source, list(fields.names)).times[0], "s") >= first:
+        raise InputError(
+            f"baseline 'diurnal' learns from the record before the held-out period, but {data_source} "
+            f"starts at {first}; give a later --time START"
+        )
+    return open_fields(data_source, list(fields.names), time=f":{first - np.timedelta64(1, 's')}")
+
+
+def _baseline_systems(
+    fields: Fields, baselines: Sequence[str], taken: Sequence[str], data_source: str
+) -> list[_System]:
     """Persistence first (always, the reference), then the other baselines in the order given."""
     from dydiff_earth.baselines import make_baseline
 
     names = [REFERENCE, *[b.strip().lower() for b in baselines if b.strip().lower() != REFERENCE]]
     systems = []
     for name in dict.fromkeys(names):
-        forecaster = make_baseline(name)
+        record = training_record(data_source, fields) if name == "diurnal" else None
+        forecaster = make_baseline(name, record)
         context = int(getattr(forecaster, "context", 1))
         systems.append(_System(_unique(name, list(taken)), forecaster, fields, context))
     return systems
@@ -414,7 +428,8 @@ def skill(
     checkpoints : sequence of str
         Checkpoint paths or shipped model names; ``()`` runs baselines only. System name: the file stem.
     baselines : sequence of str
-        Among ``persistence``, ``extrapolation``, ``steps``.
+        Among ``persistence``, ``extrapolation``, ``steps`` and ``diurnal`` (which learns from the frames
+        of ``data_source`` before ``time``).
     time : str, optional
         Held-out range ``START:END``; inits, context and truth all lie inside it.
     init_stride, inits : int, optional
@@ -445,7 +460,7 @@ def skill(
     systems = _model_systems(data_source, checkpoints, time, config, device, None)
     names = list(systems[0].fields.names) if systems else None
     fields = open_fields(data_source, names, time=time)
-    base = _baseline_systems(fields, baselines, [s.name for s in systems])
+    base = _baseline_systems(fields, baselines, [s.name for s in systems], data_source)
     systems += base
     if lead_times is None:
         lead_times = systems[0].horizon or DEFAULT_LEAD_TIMES

@@ -149,3 +149,75 @@ def test_missing_pysteps_is_a_clear_error(blob, monkeypatch):
     monkeypatch.setitem(sys.modules, "pysteps", None)
     with pytest.raises(InputError, match=r"baseline 'steps' needs pysteps: pip install pysteps"):
         make_baseline("steps")(blob, init_time=None, lead_times=2, n_members=2, seed=0)
+
+
+def _hourly(tmp_path, values: np.ndarray, start: str = "2019-03-01T00:00", drop: tuple[int, ...] = ()):
+    times = pd.date_range(start, periods=values.shape[0], freq="1h")
+    keep = np.setdiff1d(np.arange(values.shape[0]), drop)
+    ds = xr.Dataset(
+        {"t2m": (("time", "y", "x"), values[keep].astype(np.float32), {"units": "K"})},
+        coords={"time": times[keep], "y": np.arange(values.shape[1]), "x": np.arange(values.shape[2])},
+    )
+    return data.open_fields(io.write_zarr(ds, tmp_path / f"t2m-{len(keep)}.zarr"))
+
+
+def test_diurnal_mean_change_against_a_loop_over_consecutive_pairs(tmp_path):
+    from dydiff_earth.baselines import DiurnalForecaster
+
+    rng = np.random.default_rng(4)
+    values = rng.normal(280, 3, (60, 3, 4))
+    values[7, 1, 2] = np.nan
+    record = _hourly(tmp_path, values, drop=(30,))  # a gap: frames 29 and 31 are not a pair
+    got = DiurnalForecaster(record).mean_change()
+    total, count = np.zeros((24, 1, 3, 4)), np.zeros((24, 1, 3, 4))
+    for t in range(1, 60):
+        if 30 in (t - 1, t):
+            continue
+        change = values[t] - values[t - 1]
+        ok = np.isfinite(change)
+        total[t % 24, 0][ok] += change[ok]
+        count[t % 24, 0][ok] += 1
+    np.testing.assert_allclose(got, total / count, rtol=1e-5, atol=1e-4)
+
+
+def test_diurnal_forecast_is_exact_for_a_pure_daily_cycle(tmp_path):
+    from dydiff_earth.baselines import DiurnalForecaster
+
+    hours = np.arange(24 * 5)
+    amplitude = np.linspace(1, 6, 12).reshape(3, 4)
+    cycle = 280 + amplitude[None] * np.sin(2 * np.pi * (hours[:, None, None] - 8) / 24)
+    record = _hourly(tmp_path, cycle[:72])
+    later = _hourly(tmp_path, cycle)
+    fc = DiurnalForecaster(record)(later, init_time="2019-03-04T05:00", lead_times=12)
+    np.testing.assert_allclose(fc["t2m"].values[0], cycle[78:90], atol=1e-3)
+    assert fc.attrs["model"] == "diurnal"
+    persistence = make_baseline("persistence")(later, init_time="2019-03-04T05:00", lead_times=12)
+    assert np.abs(persistence["t2m"].values[0] - cycle[78:90]).mean() > 1.0
+
+
+def test_diurnal_needs_a_record_and_a_step_that_divides_a_day(tmp_path):
+    with pytest.raises(InputError, match="training record"):
+        make_baseline("diurnal")
+    values = np.zeros((6, 2, 2))
+    times = pd.date_range("2019-03-01", periods=6, freq="7h")
+    ds = xr.Dataset({"t2m": (("time", "y", "x"), values, {"units": "K"})}, coords={"time": times})
+    odd = data.open_fields(io.write_zarr(ds, tmp_path / "odd.zarr"))
+    with pytest.raises(InputError, match="divides a day"):
+        make_baseline("diurnal", odd)
+
+
+def test_skill_learns_the_diurnal_baseline_before_the_held_out_period(tmp_path):
+    from dydiff_earth import verify
+
+    hours = np.arange(24 * 4)
+    cycle = 280 + 3 * np.sin(2 * np.pi * hours / 24)[:, None, None] * np.ones((1, 8, 8))
+    store = str(_hourly(tmp_path, cycle).source)
+    result = verify.skill(
+        store, [], ["diurnal"], time="2019-03-03:", inits=3, lead_times=6, report_dir=tmp_path / "skill"
+    )
+    crps = result.scores["crps_fair"]
+    assert float(crps.sel(system="diurnal").max()) < 1e-3 < float(crps.sel(system="persistence").min())
+    with pytest.raises(InputError, match="record before the held-out period"):
+        verify.skill(
+            store, [], ["diurnal"], time="2019-03-01:", inits=2, lead_times=3, report_dir=tmp_path / "s2"
+        )

@@ -89,8 +89,8 @@ def test_skill_runs_every_system_on_the_same_inits(tmp_path, store, monkeypatch)
     calls: list[tuple[str, str]] = []
     real = baselines.make_baseline
 
-    def recording(name: str):
-        forecaster = real(name)
+    def recording(name: str, record=None):
+        forecaster = real(name, record)
 
         def run(inputs, **kw):
             calls.append((name, kw["init_time"]))
