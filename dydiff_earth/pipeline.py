@@ -13,9 +13,17 @@ import xarray as xr
 
 from dydiff_earth import io, schema
 from dydiff_earth.config import ForecastConfig
-from dydiff_earth.data import Fields, open_fields
+from dydiff_earth.data import Fields, describe_step, open_fields
 from dydiff_earth.errors import InputError, MissingVariableError
-from dydiff_earth.forecast import DiffusionForecaster, LoadedModel, ProgressFn, add_derived, load_model
+from dydiff_earth.forecast import (
+    MODELS_DIR,
+    DiffusionForecaster,
+    LoadedModel,
+    ProgressFn,
+    add_derived,
+    check_compatible,
+    load_model,
+)
 
 DEFAULT_MODEL = "demo"
 DEFAULT_OUTPUT_DIR = Path("dydiff-output")
@@ -35,6 +43,8 @@ class ForecastRequest:
     thresholds: tuple[float, ...] = ()
     output: Path = DEFAULT_OUTPUT_DIR / "forecast.nc"
     maps: Path | None = DEFAULT_OUTPUT_DIR / "maps"
+    #: show temperatures on the maps in K or degC (None: the input's units); the file keeps the input's
+    map_units: str | None = None
     device: str = "auto"
     command_line: str = ""
 
@@ -50,6 +60,8 @@ class ForecastResult:
     lead_times: int
     seconds: float
     dataset: xr.Dataset = field(repr=False)
+    #: the checkpoint's path (a shipped model's name when one was chosen for the input)
+    model: str = ""
 
 
 def _demo_input(workdir: Path) -> str:
@@ -70,22 +82,84 @@ def observed(fields: Fields, ds: xr.Dataset) -> xr.Dataset | None:
     return fields.dataset.sel({fields.time_dim: valid[have]})[list(fields.names)]
 
 
-def open_inputs(request: ForecastRequest, source: str, device: torch.device) -> tuple[LoadedModel, Fields]:
-    """The request's model and its input fields, opened with the model's normalisation."""
-    if request.input is None and request.checkpoint not in (None, DEFAULT_MODEL):
-        raise InputError("--checkpoint without --input: give the data the checkpoint was trained for")
-    model = load_model(request.checkpoint or DEFAULT_MODEL, device)
-    names = list(request.variables) if request.variables else [v.name for v in model.variables]
+def shipped_models() -> list[str]:
+    """Names of the models in the package."""
+    return sorted(p.stem for p in MODELS_DIR.glob("*.safetensors"))
+
+
+def _expects(model: LoadedModel) -> str:
+    variables = ", ".join(f"{v.name} in {v.units or 'no units'}" for v in model.variables)
+    return f"{variables} every {describe_step(model.time_step)}"
+
+
+def _open_for(model: LoadedModel, source: str, variables: tuple[str, ...] | None) -> Fields:
+    names = list(variables) if variables else [v.name for v in model.variables]
     try:
-        fields = open_fields(source, names, stats=model.variables)
+        return open_fields(source, names, stats=model.variables)
     except MissingVariableError as exc:
         trained = ", ".join(repr(v.name) for v in model.variables)
         raise MissingVariableError(
             f"checkpoint {Path(model.path).name} was trained on {trained}: {exc}"
         ) from None
+
+
+def _synthetic(fields: Fields) -> bool:
+    """Made by ``dydiff-earth synth`` (which records its generator), not observed."""
+    return "generator" in fields.dataset.attrs and "dydiff_earth.synthetic" in str(
+        fields.dataset.attrs.get("history", "")
+    )
+
+
+def choose_model(
+    source: str, variables: tuple[str, ...] | None, device: torch.device
+) -> tuple[LoadedModel, Fields]:
+    """The shipped model whose variables, units and time step the input has, and the input.
+
+    The ``demo`` model (trained on synthetic rain) serves synthetic inputs; observations go to a model
+    trained on observations when one fits (``radar-4km-v1`` for 5-minute rain rates). When none fits,
+    one line lists the shipped models with what each expects and how to train one.
+    """
+    fits, tried = [], []
+    for name in shipped_models():
+        model = load_model(name, device)
+        # A missing variable or other units or time step rule a model out; an unreadable input does not
+        # (its error is raised as it is, for every model would fail alike).
+        try:
+            fields = _open_for(model, source, variables)
+        except MissingVariableError:
+            fields = None
+        fit = fields is not None
+        if fields is not None:
+            try:
+                check_compatible(model, fields)  # metadata only: fails for nothing but a mismatch
+            except InputError:
+                fit = False
+        if fit:
+            fits.append((name, model, fields))
+        else:
+            tried.append(f"{name} ({_expects(model)})")
+    if not fits:
+        raise InputError(
+            f"no --checkpoint given and no shipped model fits {source}: {'; '.join(tried)}. Train your own: "
+            "dydiff-earth train --data STORE --output model.safetensors, then --checkpoint model.safetensors"
+        )
+    synthetic = _synthetic(fits[0][2])
+    fits.sort(key=lambda fit: (fit[0] == DEFAULT_MODEL) != synthetic)
+    return fits[0][1], fits[0][2]
+
+
+def open_inputs(request: ForecastRequest, source: str, device: torch.device) -> tuple[LoadedModel, Fields]:
+    """The request's model and its input fields, opened with the model's normalisation.
+
+    Without a checkpoint, the embedded demo runs the ``demo`` model and any other input the shipped
+    model that fits it (:func:`choose_model`).
+    """
+    if request.input is None and request.checkpoint not in (None, DEFAULT_MODEL):
+        raise InputError("--checkpoint without --input: give the data the checkpoint was trained for")
     if request.checkpoint is None and request.input is not None:
-        _explain_default(model, fields)
-    return model, fields
+        return choose_model(source, request.variables, device)
+    model = load_model(request.checkpoint or DEFAULT_MODEL, device)
+    return model, _open_for(model, source, request.variables)
 
 
 def run_forecast(
@@ -126,7 +200,7 @@ def run_forecast(
         if request.maps is not None:
             from dydiff_earth.plotting import plot_forecast
 
-            maps = plot_forecast(ds, request.maps, truth=observed(fields, ds))
+            maps = plot_forecast(ds, request.maps, truth=observed(fields, ds), units=request.map_units)
     return ForecastResult(
         output=request.output,
         maps=maps,
@@ -135,20 +209,15 @@ def run_forecast(
         lead_times=lead_times,
         seconds=time.perf_counter() - start,
         dataset=ds,
+        model=model.path,
     )
 
 
-def _explain_default(model: object, fields: Fields) -> None:
-    """No ``--checkpoint``: the shipped model serves only data like its own; say what to do otherwise."""
-    from dydiff_earth.forecast import check_compatible
-
-    try:
-        check_compatible(model, fields)  # type: ignore[arg-type]
-    except InputError as exc:
-        raise InputError(
-            f"no --checkpoint given and the shipped {DEFAULT_MODEL!r} model does not fit this input ({exc}); "
-            "train one with `dydiff-earth train` and pass --checkpoint"
-        ) from None
-
-
-__all__ = ["ForecastRequest", "ForecastResult", "open_inputs", "run_forecast"]
+__all__ = [
+    "ForecastRequest",
+    "ForecastResult",
+    "choose_model",
+    "open_inputs",
+    "run_forecast",
+    "shipped_models",
+]

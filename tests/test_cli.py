@@ -237,6 +237,28 @@ def test_forecast_checkpoint_does_not_match(
         assert re.search(r"00:05:00|\b5 ?min", message) and re.search(r"00:10:00|\b10 ?min", message), message
 
 
+def test_forecast_without_checkpoint_takes_the_shipped_model_that_fits(
+    inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    from dydiff_earth import synthetic
+
+    synth = io.write_zarr(synthetic.precip(sequences=1, frames=8, size=16, seed=3), tmp_path / "s.zarr")
+    for store, name in ((synth, "demo"), (inputs["store"], "radar-4km-v1")):
+        args = ["forecast", "--input", store, *QUICK, "--lead-times", "1", "--no-maps", "-o", "f.nc"]
+        result = invoke(args)
+        assert result.exit_code == 0, result.output
+        assert f"the shipped model {name!r} fits this input" in result.stderr
+        assert Path(xr.open_dataset("f.nc").attrs["checkpoint"]).stem == name
+    # Nothing shipped takes u and v: one line listing what each model expects, and how to train one.
+    turbulence = io.write_zarr(synthetic.turbulence(sequences=1, frames=8, size=16), tmp_path / "u.zarr")
+    message = assert_user_error(
+        ["forecast", "--input", turbulence, *QUICK, "-o", "f.nc"],
+        "no shipped model fits",
+        "dydiff-earth train",
+    )
+    assert "radar-4km-v1 (precip in mm h-1 every 5 minutes)" in message, message
+
+
 def test_forecast_gap_inside_the_context(inputs: dict[str, Path]) -> None:
     # Frame 5 (12:25) is missing: a context of 2 frames ending at 12:30 would straddle the gap.
     args = forecast_args(inputs, "gap", init_time="2024-06-01T12:30")
