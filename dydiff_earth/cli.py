@@ -50,6 +50,13 @@ def _split(text: str | None) -> list[str] | None:
     return [s.strip() for s in text.split(",") if s.strip()] if text else None
 
 
+def _check_units(units: str | None) -> None:
+    from dydiff_earth.schema import DISPLAY_UNITS
+
+    if units is not None and units not in DISPLAY_UNITS:
+        raise InputError(f"--units must be {' or '.join(DISPLAY_UNITS)}, not {units!r}")
+
+
 def _floats(text: str | None, option: str) -> tuple[float, ...]:
     try:
         return tuple(float(s) for s in _split(text) or [])
@@ -160,7 +167,18 @@ def train(
     variables: Annotated[str | None, typer.Option(help="comma-separated variables (default: all)")] = None,
     preset: Annotated[str, typer.Option(help="model: tiny, radar, small or paper")] = "small",
     frame: Annotated[
-        str, typer.Option(help="auto, eulerian or lagrangian (motion frame; auto: for precipitation)")
+        str,
+        typer.Option(
+            help="auto, eulerian, persistence (departures on the grid) or lagrangian (motion frame); "
+            "auto: lagrangian for precipitation, persistence on geographic grids, else eulerian"
+        ),
+    ] = "auto",
+    covariates: Annotated[
+        str,
+        typer.Option(
+            help="auto, none or comma-separated fields given to the network: latitude, sin_longitude, "
+            "cos_longitude, land, sin_solar_hour, cos_solar_hour, sin_day_of_year, cos_day_of_year"
+        ),
     ] = "auto",
     context: Annotated[int, typer.Option(help="context frames P")] = 4,
     horizon: Annotated[int, typer.Option(help="target frames L")] = 6,
@@ -207,6 +225,7 @@ def train(
         validation_fraction=validation_fraction,
         num_workers=workers,
         frame=frame,
+        covariates={"auto": None, "none": ()}.get(covariates, tuple(_split(covariates) or ())),
         snapshot_every=snapshot_every,
     )
     # Every store is normalised like the first, so that one model sees one scale.
@@ -238,7 +257,10 @@ def forecast(
         str | None, typer.Option("--input", "-i", help="zarr store or NetCDF file(s); default: embedded demo")
     ] = None,
     checkpoint: Annotated[
-        str | None, typer.Option(help="checkpoint path or shipped model name; default: the shipped 'demo'")
+        str | None,
+        typer.Option(
+            help="checkpoint path or shipped model name; default: the shipped model that fits the input"
+        ),
     ] = None,
     variables: Annotated[
         str | None, typer.Option(help="comma-separated variables (default: the model's)")
@@ -261,6 +283,10 @@ def forecast(
         "dydiff-output/maps"
     ),
     no_maps: Annotated[bool, typer.Option("--no-maps", help="skip the maps")] = False,
+    units: Annotated[
+        str | None,
+        typer.Option(help="show temperatures on the maps in K or degC (the file keeps the input's)"),
+    ] = None,
     no_anchor: Annotated[
         bool, typer.Option("--no-anchor", help="let the sampler denoise the context too")
     ] = False,
@@ -273,6 +299,7 @@ def forecast(
     if output.suffix not in (".nc", ".zarr"):
         # Checked before sampling, which may take minutes, rather than when writing.
         raise InputError(f"--output {output} must end in .nc (NetCDF) or .zarr")
+    _check_units(units)
     for name, value in (
         ("--members", members),
         ("--sampling-steps", sampling_steps),
@@ -296,6 +323,7 @@ def forecast(
         thresholds=_floats(thresholds, "--thresholds"),
         output=output,
         maps=None if no_maps else maps,
+        map_units=units,
         device=device,
         command_line=" ".join(["dydiff-earth", *sys.argv[1:]]),
     )
@@ -305,6 +333,8 @@ def forecast(
             bar.update(done, total, "sampling members x steps")
 
         result = pipeline.run_forecast(request, progress=report)
+    if checkpoint is None and input_path is not None:
+        console.print(f"no --checkpoint: the shipped model {Path(result.model).stem!r} fits this input")
     console.print(
         f"wrote {result.output}: {result.members} members x {result.lead_times} lead times from "
         f"{str(result.init_time)[:16]} in {result.seconds:.0f} s"
@@ -320,17 +350,19 @@ def plot(
         "dydiff-output/maps"
     ),
     truth: Annotated[str | None, typer.Option(help="observations to draw next to the members")] = None,
+    units: Annotated[str | None, typer.Option(help="show temperatures in K or degC")] = None,
 ) -> None:
     """Draw maps (and an animation) of a forecast file."""
     from dydiff_earth import io, plotting
 
+    _check_units(units)
     ds = io.open_forecast(forecast_path)
     obs = None
     if truth is not None:
         from dydiff_earth import data, pipeline, schema
 
         obs = pipeline.observed(data.open_fields(truth, schema.forecast_variables(ds)), ds)
-    paths = plotting.plot_forecast(ds, output, truth=obs)
+    paths = plotting.plot_forecast(ds, output, truth=obs, units=units)
     console.print(f"wrote {len(paths)} maps to {output}")
 
 
@@ -406,7 +438,10 @@ def skill(
         typer.Option(help="checkpoint path or shipped name (repeatable); default: 'demo' if it fits"),
     ] = None,
     baselines: Annotated[
-        str, typer.Option(help="comma-separated: persistence, extrapolation, steps")
+        str,
+        typer.Option(
+            help="comma-separated: persistence, extrapolation, steps, diurnal (learns from before --time)"
+        ),
     ] = "persistence,extrapolation",
     time: Annotated[str | None, typer.Option(help="held-out period START:END")] = None,
     init_stride: Annotated[

@@ -50,6 +50,8 @@ class JobConfig:
     #: file name by init time (strftime fields); .nc or .zarr
     output_pattern: str = "forecast_%Y%m%dT%H%M.nc"
     maps: bool = True
+    #: show temperatures on the maps in K or degC ("" : the input's units); files keep the input's units
+    map_units: str = ""
     #: newest input frame may be at most this old (pandas duration: 30min, 2h, 1d)
     max_input_age: str = "30min"
     #: keep the newest N outputs (an integer) or those younger than a duration (e.g. "2d"); "" keeps all
@@ -106,6 +108,10 @@ def _check(job: JobConfig) -> None:
     """Values a job cannot run with, named by key (the caller prefixes the file name)."""
     if not job.input:
         raise InputError("key 'input' is required (the zarr store or NetCDF files to forecast from)")
+    if job.map_units and job.map_units not in schema.DISPLAY_UNITS:
+        raise InputError(
+            f"key 'map_units' must be {' or '.join(schema.DISPLAY_UNITS)}, not {job.map_units!r}"
+        )
     for key in ("members", "sampling_steps", "batch_size", "coarsen"):
         if getattr(job, key) < 1:
             raise InputError(f"key {key!r} must be at least 1, not {getattr(job, key)}")
@@ -292,6 +298,7 @@ def _forecast_one(
         thresholds=job.thresholds,
         output=out,
         maps=Path(job.output_dir) / "maps" / out.name.rsplit(".", 1)[0] if job.maps else None,
+        map_units=job.map_units or None,
         device=job.device,
         command_line=f"dydiff-earth run (job {job.output_pattern})",
     )

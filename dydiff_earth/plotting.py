@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from dydiff_earth import schema
+from dydiff_earth.errors import InputError
 from dydiff_earth.geo import (
     cell_edges,
     configure_cartopy,
@@ -43,6 +44,7 @@ __all__ = [
     "RAIN_LEVELS",
     "configure_cartopy",
     "crs_of",
+    "in_display_units",
     "plot_forecast",
 ]
 
@@ -61,7 +63,9 @@ _RAIN_OVER = "#d400d4"
 #: Colour of NaN (no coverage): light grey, so that "no data" never reads as "dry".
 _NO_DATA = (0.82, 0.82, 0.82, 1.0)
 
-_TEMPERATURE_UNITS = {"k", "kelvin", "degc", "degree_celsius", "degrees_celsius", "celsius", "°c", "deg c"}
+_KELVIN = {"k", "kelvin"}
+_CELSIUS = {"degc", "degree_celsius", "degrees_celsius", "celsius", "°c", "deg c"}
+_TEMPERATURE_UNITS = _KELVIN | _CELSIUS
 
 
 # ------------------------------------------------------------------------------------------ grid, style
@@ -138,6 +142,46 @@ class _Style:
     extend: str
     label: str
     ticks: Sequence[float] | None = None
+
+
+def _offset(units: str, to: str) -> float | None:
+    """What to add to a temperature in ``units`` to show it in ``to`` (K or degC); None if not one."""
+    have = units.strip().lower()
+    kelvin = 0.0 if have in _KELVIN else 273.15 if have in _CELSIUS else None
+    if kelvin is None:
+        return None
+    return kelvin - (273.15 if to == "degC" else 0.0)
+
+
+def in_display_units(
+    ds: xr.Dataset, truth: xr.Dataset | None, units: str | None
+) -> tuple[xr.Dataset, xr.Dataset | None]:
+    """The forecast (members, mean, thresholds) and truth with temperatures shown in ``units``.
+
+    For the maps only; the file keeps the input's units. Spreads are differences and keep their
+    values. ``None`` changes nothing; a variable that is not a temperature is left as it is.
+    """
+    if units is None:
+        return ds, truth
+    if units not in schema.DISPLAY_UNITS:
+        raise InputError(f"display units must be {' or '.join(schema.DISPLAY_UNITS)}, not {units!r}")
+    ds = ds.copy()
+    truth = None if truth is None else truth.copy()
+    for var in schema.forecast_variables(ds):
+        shift = _offset(_units(ds[var].attrs), units)
+        if shift is None:
+            continue
+        for name in (var, f"{var}_mean"):
+            if name in ds:
+                ds[name] = (ds[name] + shift).assign_attrs({**ds[name].attrs, "units": units})
+        if f"{var}_spread" in ds:
+            ds[f"{var}_spread"] = ds[f"{var}_spread"].assign_attrs(units=units)
+        if f"{var}_probability" in ds and schema.THRESHOLD in ds.coords:
+            threshold = ds[schema.THRESHOLD]
+            ds = ds.assign_coords({schema.THRESHOLD: (threshold + shift).assign_attrs(units=units)})
+        if truth is not None and var in truth:
+            truth[var] = (truth[var] + shift).assign_attrs({**truth[var].attrs, "units": units})
+    return ds, truth
 
 
 def _units(attrs: dict[str, Any]) -> str:
@@ -443,6 +487,7 @@ def plot_forecast(
     truth: xr.Dataset | None = None,
     members: int = 4,
     animate: bool = True,
+    units: str | None = None,
 ) -> list[Path]:
     """Write PNG maps and a GIF of an ensemble forecast; returns the paths written.
 
@@ -463,6 +508,8 @@ def plot_forecast(
         How many members (the first ones) the members panel shows; 0 draws none.
     animate
         Also write ``<var>_mean.gif``, the ensemble mean over all lead times.
+    units
+        Show temperatures in ``K`` or ``degC`` (:func:`in_display_units`); default: the file's units.
 
     Returns
     -------
@@ -470,6 +517,7 @@ def plot_forecast(
     ``<var>_probability_lead<tag>.png``, ``<var>_members_lead<tag>.png`` and ``<var>_mean.gif``, where
     ``tag`` is ``+Nh`` when all leads are whole hours, else ``HHMM``.
     """
+    ds, truth = in_display_units(ds, truth, units)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = schema.forecast_variables(ds)

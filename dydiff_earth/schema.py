@@ -28,6 +28,9 @@ TIME_NAMES = ("time", "valid_time", "t", "date", "datetime")
 
 CONVENTIONS = "CF-1.8"
 
+#: Units temperatures can be shown in on maps (files always keep the input's units).
+DISPLAY_UNITS = ("K", "degC")
+
 
 def forecast_variables(ds: xr.Dataset) -> list[str]:
     """Names of member-bearing forecast variables (not the derived ``_mean``/``_spread``/... products)."""

@@ -194,3 +194,26 @@ def test_mean_is_drawn_next_to_the_last_observation(tmp_path: Path) -> None:
     plotting.plot_forecast(ds, tmp_path / "b", truth=truth, members=0, lead_times=[0], animate=False)
     _check_png(tmp_path / "a" / "precip_mean_lead0030.png", _expected_size(2, ds, "precip"))
     _check_png(tmp_path / "b" / "precip_mean_lead0030.png", _expected_size(1, ds, "precip"))
+
+
+def test_temperatures_can_be_shown_in_celsius_without_touching_the_forecast() -> None:
+    ds = fixtures.latlon_precip(n_members=2, n_leads=2)
+    ds = ds.drop_vars(["precip_probability", schema.THRESHOLD], errors="ignore").rename(
+        {"precip": "t2m", "precip_mean": "t2m_mean", "precip_spread": "t2m_spread"}
+    )
+    ds["t2m"] = (ds["t2m"] + 270.0).assign_attrs(units="K")
+    ds["t2m_mean"] = ds["t2m"].mean(schema.MEMBER)
+    prob = xr.zeros_like(ds["t2m_mean"]).expand_dims({schema.THRESHOLD: [273.15]})
+    ds["t2m_probability"] = prob.assign_coords({schema.THRESHOLD: ("threshold", [273.15], {"units": "K"})})
+    truth = fixtures.truth_for(ds, "t2m")
+    shown, seen = plotting.in_display_units(ds, truth, "degC")
+    np.testing.assert_allclose(shown["t2m"].values, ds["t2m"].values - 273.15, rtol=1e-6)
+    np.testing.assert_allclose(shown["t2m_mean"].values, ds["t2m_mean"].values - 273.15, rtol=1e-6)
+    np.testing.assert_allclose(seen["t2m"].values, truth["t2m"].values - 273.15, rtol=1e-6)
+    np.testing.assert_array_equal(shown["t2m_spread"].values, ds["t2m_spread"].values)
+    assert shown["t2m"].attrs["units"] == "degC" and float(shown[schema.THRESHOLD][0]) == pytest.approx(0.0)
+    assert ds["t2m"].attrs["units"] == "K" and float(ds[schema.THRESHOLD][0]) == 273.15  # a copy
+    back, _ = plotting.in_display_units(shown, None, "K")
+    np.testing.assert_allclose(back["t2m"].values, ds["t2m"].values, rtol=1e-6)
+    rain, _ = plotting.in_display_units(fixtures.latlon_precip(n_members=1, n_leads=1), None, "degC")
+    assert rain["precip"].attrs.get("units") != "degC"  # not a temperature: left as it is
