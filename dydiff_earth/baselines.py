@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from dydiff_earth import __version__, motion
+from dydiff_earth import __version__, diurnal, motion
 from dydiff_earth.data import Fields, VariableSpec, denormalize, load_frames
 from dydiff_earth.errors import InputError
 from dydiff_earth.forecast import Forecaster, PersistenceForecaster, forecast_dataset, init_index
@@ -32,9 +32,6 @@ from dydiff_earth.motion import RAIN_THRESHOLD, to_db
 #: Names accepted by :func:`make_baseline`.
 BASELINES = ("persistence", "extrapolation", "steps", "diurnal")
 
-_SECONDS_PER_DAY = 86400
-#: Frames read at a time when averaging a record's diurnal change.
-_RECORD_CHUNK = 256
 
 #: Unit spellings of a rain rate, the only field STEPS is built for.
 _RAIN_RATE_UNITS = frozenset({"mm h-1", "mm/h", "mm hr-1", "mm/hr", "mm h**-1", "mm h^-1", "mmh-1"})
@@ -213,12 +210,6 @@ class StepsForecaster:
         return forecast_dataset(inputs, out, idx, prov)
 
 
-def _time_of_day(times: np.ndarray, step_seconds: int) -> np.ndarray:
-    """Slot of the day (0 .. day / step - 1) of each time."""
-    seconds = (times.astype("datetime64[s]") - np.datetime64(0, "s")).astype(np.int64)
-    return (seconds % _SECONDS_PER_DAY) // step_seconds
-
-
 class DiurnalForecaster:
     """Persistence plus the mean diurnal change (one member), a reference for hourly weather fields.
 
@@ -237,36 +228,13 @@ class DiurnalForecaster:
 
     def __init__(self, record: Fields) -> None:
         self.record = record
-        seconds = int(record.time_step / np.timedelta64(1, "s"))
-        if seconds <= 0 or _SECONDS_PER_DAY % seconds:
-            raise InputError(
-                f"baseline 'diurnal' needs a time step that divides a day, not {seconds} s ({record.source})"
-            )
-        self.step_seconds = seconds
+        self.step_seconds = diurnal.step_seconds(record)
         self._mean: np.ndarray | None = None
 
     def mean_change(self) -> np.ndarray:
         """float64 ``(slots, C, H, W)``: mean change into each slot of the day, in the variables' units."""
-        if self._mean is not None:
-            return self._mean
-        r = self.record
-        slots = _SECONDS_PER_DAY // self.step_seconds
-        total = np.zeros((slots, len(r.variables), *r.shape))
-        count = np.zeros_like(total)
-        for seg in r.segments:
-            # Chunks overlap by one frame, so every consecutive pair of the segment is counted once.
-            for lo in range(seg.start, seg.stop - 1, _RECORD_CHUNK - 1):
-                hi = min(lo + _RECORD_CHUNK, seg.stop)
-                frames = denormalize(load_frames(r, slice(lo, hi)), r.variables).astype(np.float64)
-                change = np.diff(frames, axis=0)
-                slot = _time_of_day(r.times[lo + 1 : hi], self.step_seconds)
-                finite = np.isfinite(change)
-                np.add.at(total, slot, np.where(finite, change, 0.0))
-                np.add.at(count, slot, finite)
-        if not count.any():
-            raise InputError(f"baseline 'diurnal': no two consecutive frames in the record {r.source}")
-        # A slot never seen (a record shorter than a day) adds no change: persistence there.
-        self._mean = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
+        if self._mean is None:
+            self._mean = diurnal.mean_change(self.record, lambda v: denormalize(v, self.record.variables))
         return self._mean
 
     def __call__(
@@ -279,9 +247,8 @@ class DiurnalForecaster:
                 f"baseline 'diurnal': record {self.record.source} has grid {self.record.shape}, "
                 f"inputs {inputs.shape}"
             )
-        leads = inputs.times[idx] + np.arange(1, lead_times + 1) * np.timedelta64(self.step_seconds, "s")
-        steps = np.cumsum(mean[_time_of_day(leads, self.step_seconds)], axis=0)
-        out = (last[-1][None] + steps).astype(np.float32)[None]
+        times = inputs.times[idx] + np.arange(lead_times + 1) * np.timedelta64(self.step_seconds, "s")
+        out = (last[-1][None] + diurnal.path(mean, times, 0)[1:]).astype(np.float32)[None]
         out[..., ~coverage] = np.nan
         prov = _provenance(
             "diurnal",

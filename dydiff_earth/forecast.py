@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from dydiff_earth import __version__, covariates, io, motion, schema
+from dydiff_earth import __version__, covariates, diurnal, io, motion, schema
 from dydiff_earth.config import DiffusionConfig, ForecastConfig, ModelConfig
 from dydiff_earth.data import Fields, VariableSpec, canonical_units, denormalize, describe_step, load_frames
 from dydiff_earth.diffusion import Schedule, make_schedule
@@ -144,6 +144,8 @@ class LoadedModel:
     departure_scale: np.ndarray | None = None
     #: covariates appended to the condition (:mod:`dydiff_earth.covariates`)
     covariates: tuple[str, ...] = ()
+    #: ``(slots, C, H, W)`` mean diurnal change of the training grid, normalised (diurnal frame only)
+    diurnal_change: np.ndarray | None = None
 
 
 def resolve_checkpoint(name_or_path: str | Path) -> Path:
@@ -176,6 +178,11 @@ def load_model(name_or_path: str | Path, device: torch.device | str = "cpu") -> 
         departures = frame in motion.DEPARTURE_FRAMES
         if frame not in motion.FRAMES or departures != (scale is not None):
             raise KeyError(f"frame {frame!r} with departure scale {'set' if scale else 'missing'}")
+        change = weights.pop(diurnal.TENSOR, None)
+        if (frame == "diurnal") != (change is not None):
+            raise KeyError(
+                f"frame {frame!r} with {diurnal.TENSOR} {'set' if change is not None else 'missing'}"
+            )
         names = tuple(meta.get("covariates", ()))
         if (names and not departures) or any(n not in covariates.NAMES for n in names):
             raise KeyError(f"covariates {', '.join(names)} in frame {frame!r}")
@@ -205,6 +212,7 @@ def load_model(name_or_path: str | Path, device: torch.device | str = "cpu") -> 
         frame=frame,
         departure_scale=None if scale is None else np.asarray(scale, np.float32),
         covariates=names,
+        diurnal_change=None if change is None else change.double().numpy(),
     )
 
 
@@ -230,6 +238,11 @@ def check_compatible(model: LoadedModel, fields: Fields) -> None:
         raise InputError(
             f"checkpoint was trained on a time step of {describe_step(model.time_step)}, input has "
             f"{describe_step(fields.time_step)}"
+        )
+    if model.diurnal_change is not None and model.diurnal_change.shape[-2:] != fields.shape:
+        raise InputError(
+            f"checkpoint learnt the diurnal cycle of a {model.diurnal_change.shape[-2:]} grid; the input is "
+            f"{fields.shape}: forecast on the training grid, or train on yours"
         )
 
 
@@ -346,6 +359,8 @@ class _Space:
     """
 
     scale: torch.Tensor | None  # (P + L, 1, 1, 1) or None for the observed frame
+    #: (P + L, C, H, W) mean diurnal change from the init frame to each frame (diurnal frame), or None
+    path: torch.Tensor | None = None
 
     def encode(
         self, state: torch.Tensor, extra: torch.Tensor | None = None
@@ -355,13 +370,16 @@ class _Space:
             return state, None
         init = state[:, -1]
         condition = init if extra is None else torch.cat([init, extra.expand(len(init), -1, -1, -1)], 1)
-        return (state - init[:, None]) / self.scale[: state.shape[1]], condition
+        p = state.shape[1]
+        departure = state - init[:, None] - (0 if self.path is None else self.path[:p])
+        return departure / self.scale[:p], condition
 
     def decode(self, leads: torch.Tensor, condition: torch.Tensor | None, context: int) -> torch.Tensor:
         """Sampled target frames ``(B, L, C, H, W)`` back to absolute values."""
         if self.scale is None or condition is None:
             return leads
-        return condition[:, None, : leads.shape[2]] + leads * self.scale[context:]
+        path = 0 if self.path is None else self.path[context:]
+        return condition[:, None, : leads.shape[2]] + leads * self.scale[context:] + path
 
 
 class DiffusionForecaster:
@@ -463,10 +481,19 @@ class DiffusionForecaster:
             )
             if k:
                 extras[r, :, :height, :width] = torch.from_numpy(extra[r])  # type: ignore[index]
-        scale = m.departure_scale
-        space = _Space(
-            None if scale is None else torch.from_numpy(scale).reshape(-1, 1, 1, 1).to(self.device)
-        )
+        scale = None
+        if m.departure_scale is not None:
+            scale = torch.from_numpy(m.departure_scale).reshape(-1, 1, 1, 1).to(self.device)
+        spaces = []
+        for r in range(rounds):
+            path = None
+            if m.diurnal_change is not None:
+                # The window of round r has its init frame r x L steps after the forecast's init time.
+                times = init + (np.arange(s) - (p - 1) + r * m.horizon) * m.time_step
+                path = torch.zeros((s, c, ph, pw))
+                path[..., :height, :width] = torch.from_numpy(diurnal.path(m.diurnal_change, times, p - 1))
+                path = path.to(self.device)
+            spaces.append(_Space(scale, path))
         steps = self.timesteps
         out = np.empty((n_members, lead_times, c, height, width), np.float32)
         done, total = 0, n_members * rounds * len(steps)
@@ -477,6 +504,7 @@ class DiffusionForecaster:
             leads: list[torch.Tensor] = []
             for r in range(rounds):
                 noise = torch.stack([torch.randn((s, c, ph, pw), generator=g) for g in gens])
+                space = spaces[r]
                 given, condition = space.encode(state, extras[r].to(self.device) if k else None)
                 valid_r = masks[r].to(self.device)
                 if full:
@@ -534,6 +562,7 @@ class PersistenceForecaster:
 _FRAME_NOTES = {
     "eulerian": "",
     "persistence": " (departures from persistence)",
+    "diurnal": " (departures from persistence plus the training record's mean diurnal change)",
     "lagrangian": " (departures from extrapolation; motion: pysteps Lucas-Kanade on the context, "
     "semi-Lagrangian)",
 }

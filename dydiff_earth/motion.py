@@ -27,11 +27,12 @@ from scipy.ndimage import map_coordinates
 
 from dydiff_earth.errors import InputError
 
-Frame = Literal["eulerian", "persistence", "lagrangian"]
+Frame = Literal["eulerian", "persistence", "diurnal", "lagrangian"]
 #: What a model forecasts: the grid as observed ("eulerian"), or departures from the init frame on the
-#: grid ("persistence": zero departure is persistence) or in the motion frame ("lagrangian": extrapolation).
-FRAMES: tuple[str, ...] = ("eulerian", "persistence", "lagrangian")
-DEPARTURE_FRAMES: tuple[str, ...] = ("persistence", "lagrangian")
+#: grid ("persistence": zero departure is persistence), from it plus the training record's mean diurnal
+#: change ("diurnal", :mod:`dydiff_earth.diurnal`), or in the motion frame ("lagrangian": extrapolation).
+FRAMES: tuple[str, ...] = ("eulerian", "persistence", "diurnal", "lagrangian")
+DEPARTURE_FRAMES: tuple[str, ...] = ("persistence", "diurnal", "lagrangian")
 
 #: Rain-rate threshold (mm h-1) and the dB value given to drier or missing pixels, as in the pysteps
 #: examples (``dB_transform(R, threshold=0.1, zerovalue=-15.0)``; -10 dBR is 0.1 mm h-1).

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
 
-from dydiff_earth import motion
+from dydiff_earth import diurnal, motion
 from dydiff_earth.data import Fields, VariableSpec, denormalize, load_frames, window_starts
 from dydiff_earth.errors import InputError
 from dydiff_earth.motion import DEPARTURE_FRAMES
@@ -280,8 +280,9 @@ class DepartureWindowStream(IndexedStream):
     augment : bool
         Draw a random symmetry for each sample (training); off for validation and with covariates, which
         tie a window to its place on Earth.
-    frame : {"lagrangian", "persistence"}
-        Departures in the motion frame or on the grid.
+    frame : {"lagrangian", "persistence", "diurnal"}
+        Departures in the motion frame, on the grid, or on the grid from persistence plus
+        ``diurnal_change`` (normalised units, :func:`dydiff_earth.diurnal.mean_change`).
     covariates : Covariates, optional
         Fields of the grid and the init time (:mod:`dydiff_earth.covariates`) appended to the condition.
 
@@ -309,10 +310,13 @@ class DepartureWindowStream(IndexedStream):
         augment: bool = True,
         frame: str = "lagrangian",
         covariates: Covariates | None = None,
+        diurnal_change: np.ndarray | None = None,
     ) -> None:
         super().__init__()
         if frame == "lagrangian" and context < 2:
             raise InputError(f"the motion frame needs at least 2 context frames for motion, not {context}")
+        if (frame == "diurnal") != (diurnal_change is not None):
+            raise InputError("the diurnal frame, and only it, takes a mean diurnal change")
         if frame not in DEPARTURE_FRAMES:
             raise InputError(f"departure frame must be {' or '.join(DEPARTURE_FRAMES)}, not {frame!r}")
         self.context, self.window, self.seed = context, context + horizon, seed
@@ -341,6 +345,10 @@ class DepartureWindowStream(IndexedStream):
         moved = np.stack(windows)  # (N, S, C, H, W) normalised, in the frame of departures
         self.init_frames = moved[:, init]
         times = fields.times
+        if diurnal_change is not None:
+            # Departures from persistence plus the mean diurnal change: subtract the change's path.
+            for w, start in enumerate(self.starts):
+                moved[w] -= diurnal.path(diurnal_change, times[start : start + self.window], init)
         self.covariates = (
             np.zeros((len(self.starts), 0, ny, nx), np.float32)
             if covariates is None

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from dydiff_earth import __version__, covariates, io, motion
+from dydiff_earth import __version__, covariates, diurnal, io, motion
 from dydiff_earth.config import DiffusionConfig, ModelConfig, TrainConfig
 from dydiff_earth.data import Fields, window_starts
 from dydiff_earth.diffusion import Schedule, diffusion_loss, make_schedule
@@ -79,29 +79,36 @@ def _geographic(fields: Fields) -> bool:
     return True
 
 
+def _daily(fields: Fields) -> bool:
+    return diurnal.SECONDS_PER_DAY % max(int(fields.time_step / np.timedelta64(1, "s")), 1) == 0
+
+
 def resolve_frame(frame: str, fields: Fields) -> str:
-    """``auto``: the motion frame for precipitation-like data, departures from persistence for other data
-    on a geographic grid (weather), the grid as observed otherwise (turbulence, abstract grids)."""
+    """``auto``: the motion frame for precipitation-like data; for other data on a geographic grid
+    (weather) departures from persistence plus the mean diurnal change (from persistence alone when the
+    time step does not divide a day); the grid as observed otherwise (turbulence, abstract grids)."""
     if frame == "auto":
         if rain_channel(fields.variables) is not None:
             return "lagrangian"
-        return "persistence" if _geographic(fields) else "eulerian"
+        if not _geographic(fields):
+            return "eulerian"
+        return "diurnal" if _daily(fields) else "persistence"
     if frame not in motion.FRAMES:
         raise InputError(f"frame must be auto, {', '.join(motion.FRAMES)}, not {frame!r}")
     return frame
 
 
 def resolve_covariates(names: Sequence[str] | None, frame: str, fields: Fields) -> tuple[str, ...]:
-    """``None`` (auto): all covariates for departures from persistence on a geographic grid, else none.
+    """``None`` (auto): all covariates for departures on a geographic grid (not in the motion frame).
 
     Covariates reach the network through the condition, which only departure frames have.
     """
     if names is None:
-        return covariates.NAMES if frame == "persistence" and _geographic(fields) else ()
+        return covariates.NAMES if frame in ("persistence", "diurnal") and _geographic(fields) else ()
     if names and frame not in motion.DEPARTURE_FRAMES:
         raise InputError(
-            f"covariates are given with the init frame as condition: use --frame "
-            f"{' or '.join(motion.DEPARTURE_FRAMES)}, or --covariates none"
+            "covariates are given with the init frame as condition: use --frame "
+            f"{', '.join(motion.DEPARTURE_FRAMES)} or --covariates none"
         )
     return tuple(names)
 
@@ -218,10 +225,12 @@ def _save(
     gen: torch.Generator,
     step: int,
     meta: dict,
+    constants: dict[str, torch.Tensor],
 ) -> None:
-    """The forecast checkpoint (EMA weights + metadata) and, beside it, the state that ``--resume`` needs."""
+    """The forecast checkpoint (EMA weights, the frame's ``constants``, metadata) and, beside it, the
+    state that ``--resume`` needs."""
     meta = {**meta, "step": step}
-    io.save_checkpoint(output, ema.shadow, meta)
+    io.save_checkpoint(output, {**ema.shadow, **constants}, meta)
     state: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in model.state_dict().items()}
     for i, pstate in opt.state_dict()["state"].items():
         for name, value in pstate.items():
@@ -239,7 +248,8 @@ def _restore(
     state, _ = io.load_checkpoint(_state_path(output))
     model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
     for k, v in weights.items():
-        ema.shadow[k].copy_(v)
+        if k in ema.shadow:  # the frame's constants are recomputed from the data
+            ema.shadow[k].copy_(v)
     opt_state = opt.state_dict()
     for key, value in state.items():
         if key.startswith("opt."):
@@ -259,6 +269,7 @@ def training_streams(
     *,
     seed: int,
     covariate_names: Sequence[str] = (),
+    diurnal_change: np.ndarray | None = None,
     length: int | None = None,
     start_index: int = 0,
     scale: np.ndarray | None = None,
@@ -283,6 +294,7 @@ def training_streams(
                     augment=cfg.augment and train and not covariate_names,
                     frame=frame,
                     covariates=covariates.Covariates(f, covariate_names) if covariate_names else None,
+                    diurnal_change=diurnal_change,
                     **kw,
                 )
             )
@@ -340,6 +352,12 @@ def fit(
         raise InputError("no data to train on")
     frame = resolve_frame(cfg.frame, stores[0])
     names = resolve_covariates(cfg.covariates, frame, stores[0])
+    change = None
+    if frame == "diurnal":
+        if any(f.shape != stores[0].shape for f in stores):
+            raise InputError("the diurnal frame learns the cycle of one grid: give stores of one grid")
+        # The training stores' mean change by time of day (normalised units), shipped in the checkpoint.
+        change = np.mean([diurnal.mean_change(f) for f in stores], axis=0).astype(np.float32)
     dev = resolve_device(device)
     rank, world = _distributed()
     length = cfg.context + cfg.horizon
@@ -370,6 +388,7 @@ def fit(
         [tr for tr, _ in splits],
         seed=cfg.seed,
         covariate_names=names,
+        diurnal_change=change,
         start_index=step * cfg.batch_size * world,
     )
     val_stores = [(f, va) for f, (_, va) in zip(stores, splits, strict=True) if va]
@@ -382,6 +401,7 @@ def fit(
             [va for _, va in val_stores],
             seed=cfg.seed + 7919,
             covariate_names=names,
+            diurnal_change=change,
             length=4 * cfg.batch_size,
             scale=scale,
             train=False,
@@ -403,6 +423,7 @@ def fit(
             "frames": sum(len(f.times) for f in stores),
             "segments": sum(len(f.segments) for f in stores),
         }
+    constants = {} if change is None else {diurnal.TENSOR: torch.from_numpy(change)}
     autocast = dev.type == "cuda"
     loss_value, val_loss, t0, seen = math.nan, None, time.perf_counter(), 0
     batches = _batches(stream, cfg.batch_size, cfg.num_workers)
@@ -431,11 +452,14 @@ def fit(
                 gen,
                 step,
                 {**meta, "train_loss": loss_value, "validation_loss": val_loss},
+                constants,
             )
         if rank == 0 and cfg.snapshot_every and step % cfg.snapshot_every == 0:
             # Forecast weights kept along the way, to plot skill against training steps.
             snapshot = output.with_name(f"{output.stem}.step{step}{output.suffix}")
-            io.save_checkpoint(snapshot, ema.shadow, {**meta, "step": step, "train_loss": loss_value})
+            io.save_checkpoint(
+                snapshot, {**ema.shadow, **constants}, {**meta, "step": step, "train_loss": loss_value}
+            )
         if progress is not None and rank == 0:
             progress(step, cfg.steps, loss_value, rate)
     return TrainResult(output, step, loss_value, val_loss, seen / max(time.perf_counter() - t0, 1e-9))

@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pyproj
 import pytest
+import torch
 import xarray as xr
 
-from dydiff_earth import covariates, geo, io, testing
+from dydiff_earth import covariates, diurnal, geo, io, testing
 from dydiff_earth.config import DiffusionConfig, ForecastConfig, TrainConfig, preset
 from dydiff_earth.data import load_frames, open_fields
 from dydiff_earth.errors import InputError
@@ -114,7 +115,7 @@ def test_land_fraction_from_the_offline_coastlines(t2m: Path) -> None:
 
 def test_the_persistence_frame_trains_on_departures_with_covariates_as_condition(t2m: Path) -> None:
     fields = open_fields(t2m)
-    assert resolve_frame("auto", fields) == "persistence"
+    assert resolve_frame("auto", fields) == "diurnal"  # hourly weather on a lat/lon grid
     names = resolve_covariates(None, "persistence", fields)
     assert names == covariates.NAMES
     cov = covariates.Covariates(fields, ["latitude", "cos_solar_hour"])
@@ -131,7 +132,7 @@ def test_the_persistence_frame_trains_on_departures_with_covariates_as_condition
 
 
 def test_covariates_need_a_departure_frame() -> None:
-    with pytest.raises(InputError, match="--frame persistence or lagrangian"):
+    with pytest.raises(InputError, match="--frame persistence, diurnal, lagrangian or --covariates none"):
         resolve_covariates(["latitude"], "eulerian", None)  # type: ignore[arg-type]
 
 
@@ -141,8 +142,9 @@ def test_a_weather_model_trains_and_forecasts_with_its_covariates(t2m: Path, tmp
         context=3, horizon=3, patch=16, batch_size=2, steps=2, validation_fraction=0, covariates=("latitude",)
     )
     result = fit(fields, preset("radar"), DiffusionConfig(), cfg, tmp_path / "w.safetensors")
-    _, meta = io.load_checkpoint(result.checkpoint)
-    assert meta["frame"] == "persistence" and meta["covariates"] == ["latitude"]
+    tensors, meta = io.load_checkpoint(result.checkpoint)
+    assert meta["frame"] == "diurnal" and meta["covariates"] == ["latitude"]
+    assert tensors[diurnal.TENSOR].shape == (24, 1, LAT.size, LON.size)
     assert len(meta["departure_scale"]) == 6 and meta["departure_scale"][2] == 1.0
     model = load_model(result.checkpoint)
     assert model.covariates == ("latitude",) and model.denoiser.condition_channels == 2
@@ -152,7 +154,13 @@ def test_a_weather_model_trains_and_forecasts_with_its_covariates(t2m: Path, tmp
     b = fc(fields, init_time="2019-03-01T05:00", lead_times=5, n_members=2, seed=1)
     np.testing.assert_array_equal(a["t2m"].values, b["t2m"].values)
     assert a["t2m"].shape == (2, 5, LAT.size, LON.size) and np.isfinite(a["t2m"].values).all()
-    assert a.attrs["covariates"] == "latitude" and a.attrs["frame"].startswith("persistence")
+    assert a.attrs["covariates"] == "latitude" and a.attrs["frame"].startswith("diurnal")
+    # The cycle belongs to the training grid: another grid is refused in one line.
+    smaller = _t2m(tmp_path, frames=12)
+    ds = xr.open_zarr(smaller, consolidated=False).isel(longitude=slice(0, 10))
+    other = open_fields(io.write_zarr(ds.load(), tmp_path / "other.zarr"), stats=model.variables)
+    with pytest.raises(InputError, match="diurnal cycle of a"):
+        fc(other, init_time="2019-03-01T05:00", lead_times=2, n_members=1, seed=1)
 
 
 def test_a_checkpoint_with_unknown_covariates_is_refused(t2m: Path, tmp_path: Path) -> None:
@@ -164,3 +172,50 @@ def test_a_checkpoint_with_unknown_covariates_is_refused(t2m: Path, tmp_path: Pa
     io.save_checkpoint(path, weights, {**meta, "covariates": ["altitude"]})
     with pytest.raises(InputError, match="does not match"):
         load_model(path)
+
+
+def test_the_diurnal_path_steps_by_the_mean_change_into_each_frame(t2m: Path) -> None:
+    fields = open_fields(t2m)
+    change = diurnal.mean_change(fields)
+    assert change.shape == (24, 1, LAT.size, LON.size)
+    times = fields.times[3:11]
+    path = diurnal.path(change, times, 2)
+    np.testing.assert_array_equal(path[2], 0.0)
+    hours = (times - times.astype("datetime64[D]")) // np.timedelta64(1, "h")
+    for k in range(1, len(times)):
+        np.testing.assert_allclose(path[k] - path[k - 1], change[hours[k]], atol=1e-12)
+
+
+def test_zero_departures_in_the_diurnal_frame_are_the_diurnal_baseline(t2m: Path) -> None:
+    """What a diurnal-frame model that has learnt nothing forecasts: exactly the ``diurnal`` baseline."""
+    from dydiff_earth.baselines import DiurnalForecaster
+    from dydiff_earth.data import denormalize
+    from dydiff_earth.forecast import _Space
+
+    fields = open_fields(t2m)
+    idx, p, leads = 9, 4, 6
+    times = fields.times[idx - p + 1 : idx + leads + 1]
+    path = torch.from_numpy(diurnal.path(diurnal.mean_change(fields), times, p - 1)).float()
+    context = torch.from_numpy(load_frames(fields, slice(idx - p + 1, idx + 1)))[None]
+    space = _Space(torch.ones(p + leads, 1, 1, 1), path)
+    given, condition = space.encode(context)
+    np.testing.assert_allclose(given[0, -1].numpy(), 0.0)
+    values = space.decode(torch.zeros(1, leads, 1, LAT.size, LON.size), condition, p)
+    baseline = DiurnalForecaster(fields)(fields, init_time=str(fields.times[idx]), lead_times=leads)
+    np.testing.assert_allclose(
+        denormalize(values[0].numpy(), fields.variables)[:, 0], baseline["t2m"].values[0], rtol=0, atol=2e-4
+    )
+
+
+def test_a_diurnal_stream_departs_from_persistence_plus_the_cycle(t2m: Path) -> None:
+    fields = open_fields(t2m)
+    change = diurnal.mean_change(fields)
+    stream = DepartureWindowStream(fields, 3, 2, 8, frame="diurnal", diurnal_change=change, augment=False)
+    sample = stream.sample(4)
+    start, y0, x0 = sample["start"], sample["y0"], sample["x0"]
+    window = load_frames(fields, slice(start, start + 5))
+    expect = window - window[2] - diurnal.path(change, fields.times[start : start + 5], 2)
+    expect = expect[..., y0 : y0 + 8, x0 : x0 + 8] / stream.scale[:, None, None, None]
+    np.testing.assert_allclose(sample["frames"].numpy(), expect, rtol=1e-5, atol=1e-5)
+    with pytest.raises(InputError, match="diurnal frame, and only it"):
+        DepartureWindowStream(fields, 3, 2, 8, frame="persistence", diurnal_change=change)
