@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from dydiff_earth import io
+from dydiff_earth import diurnal, io
 from dydiff_earth.config import DiffusionConfig, TrainConfig, preset
 from dydiff_earth.data import Fields
 from dydiff_earth.model import ConditionedDenoiser
@@ -68,8 +68,8 @@ def tiny_checkpoint(
     """An untrained checkpoint (preset ``model``) for ``fields``, with small random output weights.
 
     Its samples are meaningless but deterministic, which is what tests of plumbing, RNG keying, tiling
-    and file formats need without a training run. In a departure frame (``persistence``, ``lagrangian``)
-    the departure scale is 1 at every position and the condition takes ``covariates``.
+    and file formats need without a training run. In a departure frame the departure scale is 1 at every
+    position and the condition takes ``covariates``; the diurnal frame's cycle is zero.
     """
     torch.manual_seed(seed)
     model_cfg = preset(model)
@@ -88,4 +88,7 @@ def tiny_checkpoint(
         meta["departure_scale"] = [1.0] * (context + horizon)
     if covariates:
         meta["covariates"] = list(covariates)
-    return io.save_checkpoint(path, net.state_dict(), meta)
+    tensors = dict(net.state_dict())
+    if frame == "diurnal":  # no cycle: the diurnal frame then forecasts departures from persistence
+        tensors[diurnal.TENSOR] = torch.zeros((24, channels, *fields.shape))
+    return io.save_checkpoint(path, tensors, meta)
