@@ -152,7 +152,10 @@ def prepare(
 @user_errors
 def train(
     data_paths: Annotated[
-        list[str], typer.Option("--data", help="zarr store or NetCDF file(s) to train on; repeat for several")
+        list[str],
+        typer.Option(
+            "--data", help="zarr store (path or URL) or NetCDF file(s) to train on; repeat for several"
+        ),
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="checkpoint to write")] = Path(
         "model.safetensors"
@@ -235,7 +238,10 @@ def train(
 @user_errors
 def forecast(
     input_path: Annotated[
-        str | None, typer.Option("--input", "-i", help="zarr store or NetCDF file(s); default: embedded demo")
+        str | None,
+        typer.Option(
+            "--input", "-i", help="zarr store (path or URL) or NetCDF file(s); default: embedded demo"
+        ),
     ] = None,
     checkpoint: Annotated[
         str | None, typer.Option(help="checkpoint path or shipped model name; default: the shipped 'demo'")
@@ -400,7 +406,9 @@ def evaluate(
 @app.command()
 @user_errors
 def skill(
-    data_path: Annotated[str, typer.Option("--data", help="observations: inputs and truth (store or files)")],
+    data_path: Annotated[
+        str, typer.Option("--data", help="observations: inputs and truth (store, URL or files)")
+    ],
     checkpoint: Annotated[
         list[str] | None,
         typer.Option(help="checkpoint path or shipped name (repeatable); default: 'demo' if it fits"),

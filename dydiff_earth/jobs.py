@@ -25,6 +25,7 @@ import pandas as pd
 
 from dydiff_earth import config, io, schema
 from dydiff_earth.errors import InputError, StaleInputError
+from dydiff_earth.sources import is_url
 
 if TYPE_CHECKING:
     from dydiff_earth.data import Fields
@@ -82,7 +83,9 @@ def load_job(path: str | Path) -> tuple[JobConfig, Path]:
     base = p.resolve().parent
 
     def resolve(value: str) -> str:
-        return value if Path(value).is_absolute() else os.path.normpath(base / value)  # no ".." left
+        if is_url(value) or Path(value).is_absolute():
+            return value
+        return os.path.normpath(base / value)  # no ".." left
 
     # A shipped model is a bare name ("demo"); anything with a suffix or a slash is a path.
     named = Path(job.checkpoint).suffix == "" and "/" not in job.checkpoint
