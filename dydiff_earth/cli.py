@@ -50,6 +50,15 @@ def _split(text: str | None) -> list[str] | None:
     return [s.strip() for s in text.split(",") if s.strip()] if text else None
 
 
+#: ``--workers`` / ``--scheduler`` of the commands that spread init times over dask.distributed workers.
+Workers = Annotated[
+    int | None, typer.Option(help="spread init times over a local dask cluster of N worker processes")
+]
+Scheduler = Annotated[
+    str | None, typer.Option(help="spread init times over the dask cluster at ADDRESS (tcp://host:8786)")
+]
+
+
 def _floats(text: str | None, option: str) -> tuple[float, ...]:
     try:
         return tuple(float(s) for s in _split(text) or [])
@@ -348,12 +357,14 @@ def run(
         str | None, typer.Option(help="pretend the clock reads this ISO time (tests, replays)")
     ] = None,
     backfill: Annotated[str | None, typer.Option(help="produce every missing init time in START:END")] = None,
+    workers: Workers = None,
+    scheduler: Scheduler = None,
 ) -> None:
     """One tick of a scheduled forecast job (exit 0 done or no-op, 2 bad input, 3 stale, 1 failure)."""
     from dydiff_earth import jobs
 
     job, _ = jobs.load_job(job_file)
-    result = jobs.run_job(job, now=now, backfill=backfill)
+    result = jobs.run_job(job, now=now, backfill=backfill, workers=workers, scheduler=scheduler)
     console.print(result.message, markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(result.code)
 
@@ -435,10 +446,13 @@ def skill(
     ),
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+    workers: Workers = None,
+    scheduler: Scheduler = None,
 ) -> None:
     """Compare checkpoints and baselines on the same init times of a held-out period, with a report."""
-    from dydiff_earth import verify
+    from dydiff_earth import cluster, verify
 
+    cluster.check_options(workers, scheduler)
     checkpoints = checkpoint or []
     if not checkpoint:
         checkpoints, note = verify.default_checkpoints(data_path, time=time)
@@ -464,6 +478,16 @@ def skill(
             report_dir=report,
             device=device,
             progress=tick,
+            workers=workers,
+            scheduler=scheduler,
+        )
+    for failure in result.failed:
+        console.print(
+            f"warning: init {failure.init_time} failed ({failure.system}), left out of the scores: "
+            f"{failure.error}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
         )
     rows = result.summary["systems"].items()
     # One number per system and variable ("crps_fair", or "<var>_crps_fair" for several variables).
