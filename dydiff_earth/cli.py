@@ -280,10 +280,17 @@ def forecast(
         bool, typer.Option("--no-anchor", help="let the sampler denoise the context too")
     ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    devices: Annotated[
+        str | None,
+        typer.Option(help="split the members over devices, e.g. cuda:0,cuda:1 or all (same numbers)"),
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bar (for scheduled jobs)")] = False,
 ) -> None:
     """Ensemble forecast written as CF NetCDF/zarr on the input's grid, with maps."""
     from dydiff_earth import config, pipeline
+
+    if devices is not None and device != "auto":
+        raise InputError("give --device (one device) or --devices (members split over several), not both")
 
     if output.suffix not in (".nc", ".zarr"):
         # Checked before sampling, which may take minutes, rather than when writing.
@@ -313,6 +320,7 @@ def forecast(
         maps=None if no_maps else maps,
         device=device,
         command_line=" ".join(["dydiff-earth", *sys.argv[1:]]),
+        devices=devices,
     )
     with _Progress(quiet) as bar:
 
