@@ -306,6 +306,10 @@ def fit(
     frame = resolve_frame(cfg.frame, stores[0])
     dev = resolve_device(device)
     rank, world = _distributed()
+    if world > 1 and dev.type == "cuda" and dev.index is None:
+        # torchrun starts one process per GPU of a node: each takes the GPU of its local rank.
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
     length = cfg.context + cfg.horizon
     splits = [split_starts(f, length, cfg.validation_fraction) for f in stores]
     torch.manual_seed(cfg.seed)
@@ -325,7 +329,8 @@ def fit(
         step = _restore(output, denoiser, ema, opt, gen)
     model: torch.nn.Module = denoiser
     if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(denoiser)
+        ids = [dev.index] if dev.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(denoiser, device_ids=ids)
     schedule = make_schedule(diff_cfg)
     stream, scale = training_streams(
         stores, cfg, frame, [tr for tr, _ in splits], seed=cfg.seed, start_index=step * cfg.batch_size * world
