@@ -500,8 +500,9 @@ def skill(
     workers, scheduler : optional
         Spread the forecasts over a local ``dask.distributed`` cluster of ``workers`` processes, or the
         cluster at ``scheduler``; each worker loads a checkpoint once. The scores are those of the serial
-        run. An init time that fails for a system is reported (``SkillResult.failed``) and left out of
-        every system's scores; the other init times are kept.
+        run (on CPUs, of a serial run on one torch thread, as each worker runs one: CPU kernels round
+        differently at other thread counts). An init time that fails for a system is reported
+        (``SkillResult.failed``) and left out of every system's scores; the other init times are kept.
 
     Returns
     -------
