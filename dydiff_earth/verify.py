@@ -332,7 +332,9 @@ def _model_systems(
     return systems
 
 
-def _baseline_systems(fields: Fields, baselines: Sequence[str], taken: Sequence[str]) -> list[_System]:
+def _baseline_systems(
+    fields: Fields, baselines: Sequence[str], taken: Sequence[str], time: str | None = None
+) -> list[_System]:
     """Persistence first (always, the reference), then the other baselines in the order given."""
     from dydiff_earth.baselines import make_baseline
 
@@ -341,7 +343,7 @@ def _baseline_systems(fields: Fields, baselines: Sequence[str], taken: Sequence[
     for name in dict.fromkeys(names):
         forecaster = make_baseline(name)
         context = int(getattr(forecaster, "context", 1))
-        recipe = _Recipe(str(fields.source), None, fields.names, fields.variables, baseline=name)
+        recipe = _Recipe(str(fields.source), time, fields.names, fields.variables, baseline=name)
         systems.append(_System(_unique(name, list(taken)), forecaster, fields, context, recipe=recipe))
     return systems
 
@@ -515,7 +517,7 @@ def skill(
     systems = _model_systems(data_source, checkpoints, time, config, device, None)
     names = list(systems[0].fields.names) if systems else None
     fields = open_fields(data_source, names, time=time)
-    base = _baseline_systems(fields, baselines, [s.name for s in systems])
+    base = _baseline_systems(fields, baselines, [s.name for s in systems], time)
     systems += base
     if lead_times is None:
         lead_times = systems[0].horizon or DEFAULT_LEAD_TIMES
