@@ -57,6 +57,15 @@ def _check_units(units: str | None) -> None:
         raise InputError(f"--units must be {' or '.join(DISPLAY_UNITS)}, not {units!r}")
 
 
+#: ``--workers`` / ``--scheduler`` of the commands that spread init times over dask.distributed workers.
+Workers = Annotated[
+    int | None, typer.Option(help="spread init times over a local dask cluster of N worker processes")
+]
+Scheduler = Annotated[
+    str | None, typer.Option(help="spread init times over the dask cluster at ADDRESS (tcp://host:8786)")
+]
+
+
 def _floats(text: str | None, option: str) -> tuple[float, ...]:
     try:
         return tuple(float(s) for s in _split(text) or [])
@@ -159,7 +168,10 @@ def prepare(
 @user_errors
 def train(
     data_paths: Annotated[
-        list[str], typer.Option("--data", help="zarr store or NetCDF file(s) to train on; repeat for several")
+        list[str],
+        typer.Option(
+            "--data", help="zarr store (path or URL) or NetCDF file(s) to train on; repeat for several"
+        ),
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="checkpoint to write")] = Path(
         "model.safetensors"
@@ -254,7 +266,10 @@ def train(
 @user_errors
 def forecast(
     input_path: Annotated[
-        str | None, typer.Option("--input", "-i", help="zarr store or NetCDF file(s); default: embedded demo")
+        str | None,
+        typer.Option(
+            "--input", "-i", help="zarr store (path or URL) or NetCDF file(s); default: embedded demo"
+        ),
     ] = None,
     checkpoint: Annotated[
         str | None,
@@ -291,10 +306,17 @@ def forecast(
         bool, typer.Option("--no-anchor", help="let the sampler denoise the context too")
     ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    devices: Annotated[
+        str | None,
+        typer.Option(help="split the members over devices, e.g. cuda:0,cuda:1 or all (same numbers)"),
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bar (for scheduled jobs)")] = False,
 ) -> None:
     """Ensemble forecast written as CF NetCDF/zarr on the input's grid, with maps."""
     from dydiff_earth import config, pipeline
+
+    if devices is not None and device != "auto":
+        raise InputError("give --device (one device) or --devices (members split over several), not both")
 
     if output.suffix not in (".nc", ".zarr"):
         # Checked before sampling, which may take minutes, rather than when writing.
@@ -326,6 +348,7 @@ def forecast(
         map_units=units,
         device=device,
         command_line=" ".join(["dydiff-earth", *sys.argv[1:]]),
+        devices=devices,
     )
     with _Progress(quiet) as bar:
 
@@ -374,12 +397,14 @@ def run(
         str | None, typer.Option(help="pretend the clock reads this ISO time (tests, replays)")
     ] = None,
     backfill: Annotated[str | None, typer.Option(help="produce every missing init time in START:END")] = None,
+    workers: Workers = None,
+    scheduler: Scheduler = None,
 ) -> None:
     """One tick of a scheduled forecast job (exit 0 done or no-op, 2 bad input, 3 stale, 1 failure)."""
     from dydiff_earth import jobs
 
     job, _ = jobs.load_job(job_file)
-    result = jobs.run_job(job, now=now, backfill=backfill)
+    result = jobs.run_job(job, now=now, backfill=backfill, workers=workers, scheduler=scheduler)
     console.print(result.message, markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(result.code)
 
@@ -432,7 +457,9 @@ def evaluate(
 @app.command()
 @user_errors
 def skill(
-    data_path: Annotated[str, typer.Option("--data", help="observations: inputs and truth (store or files)")],
+    data_path: Annotated[
+        str, typer.Option("--data", help="observations: inputs and truth (store, URL or files)")
+    ],
     checkpoint: Annotated[
         list[str] | None,
         typer.Option(help="checkpoint path or shipped name (repeatable); default: 'demo' if it fits"),
@@ -462,10 +489,13 @@ def skill(
     ),
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+    workers: Workers = None,
+    scheduler: Scheduler = None,
 ) -> None:
     """Compare checkpoints and baselines on the same init times of a held-out period, with a report."""
-    from dydiff_earth import verify
+    from dydiff_earth import cluster, verify
 
+    cluster.check_options(workers, scheduler)
     checkpoints = checkpoint or []
     if not checkpoint:
         checkpoints, note = verify.default_checkpoints(data_path, time=time)
@@ -491,6 +521,16 @@ def skill(
             report_dir=report,
             device=device,
             progress=tick,
+            workers=workers,
+            scheduler=scheduler,
+        )
+    for failure in result.failed:
+        console.print(
+            f"warning: init {failure.init_time} failed ({failure.system}), left out of the scores: "
+            f"{failure.error}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
         )
     rows = result.summary["systems"].items()
     # One number per system and variable ("crps_fair", or "<var>_crps_fair" for several variables).

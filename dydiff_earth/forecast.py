@@ -390,6 +390,10 @@ class DiffusionForecaster:
     extrapolation, are advected back out, lead time ``k`` by ``k`` steps.
     """
 
+    #: The ensemble index of the first member sampled: one device's block of a larger ensemble draws
+    #: the noise of its own members (:mod:`dydiff_earth.devices`).
+    first_member = 0
+
     def __init__(
         self,
         model: LoadedModel,
@@ -499,7 +503,7 @@ class DiffusionForecaster:
         done, total = 0, n_members * rounds * len(steps)
         for first in range(0, n_members, cfg.batch_size):
             members = range(first, min(first + cfg.batch_size, n_members))
-            gens = [member_generator(seed, init, k) for k in members]
+            gens = [member_generator(seed, init, self.first_member + k) for k in members]
             state = context.expand(len(members), -1, -1, -1, -1).clone().to(self.device)
             leads: list[torch.Tensor] = []
             for r in range(rounds):

@@ -25,6 +25,7 @@ import pandas as pd
 
 from dydiff_earth import config, io, schema
 from dydiff_earth.errors import InputError, StaleInputError
+from dydiff_earth.sources import is_url
 
 if TYPE_CHECKING:
     from dydiff_earth.data import Fields
@@ -84,7 +85,9 @@ def load_job(path: str | Path) -> tuple[JobConfig, Path]:
     base = p.resolve().parent
 
     def resolve(value: str) -> str:
-        return value if Path(value).is_absolute() else os.path.normpath(base / value)  # no ".." left
+        if is_url(value) or Path(value).is_absolute():
+            return value
+        return os.path.normpath(base / value)  # no ".." left
 
     # A shipped model is a bare name ("demo"); anything with a suffix or a slash is a path.
     named = Path(job.checkpoint).suffix == "" and "/" not in job.checkpoint
@@ -276,13 +279,18 @@ def _retain(job: JobConfig, now: pd.Timestamp) -> list[Path]:
     return doomed
 
 
-def _forecast_one(
-    job: JobConfig,
-    init: np.datetime64,
-    now: pd.Timestamp,
-    age: pd.Timedelta,
-    inputs: tuple[LoadedModel, Fields],
-) -> Path:
+class Written(NamedTuple):
+    """One forecast a tick wrote (what ``latest.json`` records of it)."""
+
+    init: np.datetime64
+    output: Path
+    seconds: float
+    members: int
+    lead_times: int
+
+
+def _forecast_one(job: JobConfig, init: np.datetime64, inputs: tuple[LoadedModel, Fields]) -> Written:
+    """Forecast ``init`` into its output file: the unit of work of a tick, here or on a dask worker."""
     from dydiff_earth.pipeline import ForecastRequest, run_forecast
 
     out = output_path(job, init)
@@ -303,20 +311,45 @@ def _forecast_one(
         command_line=f"dydiff-earth run (job {job.output_pattern})",
     )
     result = run_forecast(request, inputs=inputs)
-    if not _newer_than_status(job, init):
-        return out  # a backfill of older init times leaves latest.json on the newest one
+    return Written(init, out, result.seconds, result.members, result.lead_times)
+
+
+def _forecast_on_worker(job: JobConfig, sha256: str, init: np.datetime64) -> Written:
+    """:func:`_forecast_one` on a dask worker, which loads the checkpoint (``sha256``) and the input once."""
+    from dydiff_earth import cluster
+    from dydiff_earth.data import open_fields
+    from dydiff_earth.forecast import load_model
+    from dydiff_earth.train import resolve_device
+
+    device = resolve_device(job.device)
+    model = cluster.worker_cached(
+        ("model", job.checkpoint, sha256, str(device)), lambda: load_model(job.checkpoint, device)
+    )
+    if model.sha256 != sha256:
+        raise InputError(f"{model.path} changed while the backfill was going on; run it again")
+    names = list(job.variables) or [v.name for v in model.variables]
+    fields = cluster.worker_cached(
+        ("fields", job.input, tuple(names), model.variables),
+        lambda: open_fields(job.input, names, stats=model.variables),
+    )
+    return _forecast_one(job, init, (model, fields))
+
+
+def _record(job: JobConfig, written: Written, now: pd.Timestamp, age: pd.Timedelta) -> None:
+    """``latest.json`` names the newest forecast; written by the tick's own process only, one at a time."""
+    if not _newer_than_status(job, written.init):
+        return  # a backfill of older init times leaves latest.json on the newest one
     status = {
-        "init_time": _iso(init),
-        "output": str(out),
-        "duration_seconds": round(result.seconds, 2),
-        "members": result.members,
-        "lead_times": result.lead_times,
+        "init_time": _iso(written.init),
+        "output": str(written.output),
+        "duration_seconds": round(written.seconds, 2),
+        "members": written.members,
+        "lead_times": written.lead_times,
         "input_age_seconds": age.total_seconds(),
         "written": now.isoformat(),
     }
     with io.publish(Path(job.output_dir) / STATUS_FILE) as tmp:
         tmp.write_text(json.dumps(status, indent=2) + "\n")
-    return out
 
 
 def _newer_than_status(job: JobConfig, init: np.datetime64) -> bool:
@@ -354,13 +387,31 @@ def _backfill_inits(fields: Fields, text: str, context: int) -> list[np.datetime
     return inits
 
 
-def tick(job: JobConfig, *, now: str | None = None, backfill: str | None = None) -> TickResult:
-    """One run of the job (see the module docstring); never raises for expected outcomes."""
+def tick(
+    job: JobConfig,
+    *,
+    now: str | None = None,
+    backfill: str | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+) -> TickResult:
+    """One run of the job (see the module docstring); never raises for expected outcomes.
+
+    A backfill may spread its init times over a local dask cluster of ``workers`` processes or the one
+    at ``scheduler`` (workers must see the job's paths). An init that fails is logged with its time and
+    the others are kept (exit code 1); when none could be written, the first failure is raised.
+    """
+    from dydiff_earth import cluster
     from dydiff_earth.data import open_fields
     from dydiff_earth.forecast import latest_complete_init, load_model
     from dydiff_earth.train import resolve_device
 
     started = time.perf_counter()
+    cluster.check_options(workers, scheduler)
+    if backfill is None and (workers is not None or scheduler is not None):
+        raise InputError(
+            "--workers and --scheduler spread a --backfill; a plain tick forecasts one init time"
+        )
     clock = _clock(now)
     job = _ingest(job)
     # Loaded once per tick and reused by every forecast of it (a backfill may write many).
@@ -407,18 +458,52 @@ def tick(job: JobConfig, *, now: str | None = None, backfill: str | None = None)
                 _log(job, f"init={_iso(todo[-1])} status=skipped reason=another run holds the lock"),
             )
         _clean_temporaries(Path(job.output_dir))
-        written = []
-        for init in todo:
-            if is_complete(output_path(job, init), init, job.members, leads):
-                continue  # written by a run that held the lock before us
-            written.append(_forecast_one(job, init, clock, age, (model, fields)))
+        # Written by a run that held the lock before us: not again.
+        pending = [t for t in todo if not is_complete(output_path(job, t), t, job.members, leads)]
+        written, failures = _forecast_all(job, pending, (model, fields), clock, age, workers, scheduler)
         removed = _retain(job, clock)
+    if failures and not written:
+        raise failures[0][1]
+    for init, error in failures:
+        _log(job, f"init={_iso(init)} status=failed error={cluster.describe(error)}")
     took = f" took-over-lock-of={previous}" if previous else ""
+    failed = f" failed={len(failures)}" if failures else ""
     line = (
-        f"init={_iso(todo[-1])} status=written outputs={len(written)} removed={len(removed)} "
+        f"init={_iso(todo[-1])} status=written outputs={len(written)}{failed} removed={len(removed)} "
         f"input_age={age.total_seconds():.0f}s duration={time.perf_counter() - started:.1f}s{took}{waiting}"
     )
-    return TickResult(0, _log(job, line), tuple(written))
+    return TickResult(1 if failures else 0, _log(job, line), tuple(w.output for w in written))
+
+
+def _forecast_all(
+    job: JobConfig,
+    todo: list[np.datetime64],
+    inputs: tuple[LoadedModel, Fields],
+    clock: pd.Timestamp,
+    age: pd.Timedelta,
+    workers: int | None,
+    scheduler: str | None,
+) -> tuple[list[Written], list[tuple[np.datetime64, BaseException]]]:
+    """Forecast every init of ``todo``, here or on dask workers; what was written and what failed."""
+    import functools
+
+    from dydiff_earth import cluster
+
+    written: list[Written] = []
+    failures: list[tuple[np.datetime64, BaseException]] = []
+    with cluster.client(workers, scheduler) as client:
+        if client is None:
+            func = functools.partial(_forecast_one, job, inputs=inputs)
+        else:
+            func = functools.partial(_forecast_on_worker, job, inputs[0].sha256)
+        for i, result, error in cluster.map_completed(func, todo, client):
+            if error is not None:
+                failures.append((todo[i], error))
+                continue
+            assert result is not None
+            written.append(result)
+            _record(job, result, clock, age)
+    return sorted(written), sorted(failures, key=lambda f: f[0])
 
 
 def _ingest(job: JobConfig) -> JobConfig:
@@ -452,10 +537,17 @@ def _tidy(job: JobConfig) -> None:
                 _clean_temporaries(directory)
 
 
-def run_job(job: JobConfig, *, now: str | None = None, backfill: str | None = None) -> TickResult:
+def run_job(
+    job: JobConfig,
+    *,
+    now: str | None = None,
+    backfill: str | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+) -> TickResult:
     """:func:`tick`, with every outcome (errors included) logged in one line and mapped to its exit code."""
     try:
-        return tick(job, now=now, backfill=backfill)
+        return tick(job, now=now, backfill=backfill, workers=workers, scheduler=scheduler)
     except StaleInputError as exc:
         return TickResult(3, _log(job, f"init=none status=stale-input {exc}"))
     except InputError as exc:

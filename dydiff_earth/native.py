@@ -160,7 +160,7 @@ def is_native(sources: str | Path | Sequence[str | Path], fmt: str | None = None
     if fmt:
         return True
     try:
-        paths = [p for p in _expand(sources) if p.is_file()]
+        paths = [p for p in _expand(sources) if isinstance(p, Path) and p.is_file()]
     except InputError:
         return False
     return any(detect(p) is not None for p in paths[:1])
@@ -636,7 +636,7 @@ def ingest(
     if time_pattern:
         _pattern_regex(time_pattern)  # a bad pattern is an error before any file is read
     target = Path(output)
-    paths = [p for p in _expand(sources) if p.is_file()]
+    paths = [p for p in _expand(sources) if isinstance(p, Path) and p.is_file()]
     if not paths:
         raise InputError(f"no files in {sources!r}")
     fmt = FORMATS[_choose_format(paths, format)]

@@ -47,6 +47,8 @@ class ForecastRequest:
     map_units: str | None = None
     device: str = "auto"
     command_line: str = ""
+    #: split the members over these devices (``cuda:0,cuda:1``, ``all``); empty: ``device`` alone
+    devices: str | None = None
 
 
 @dataclass(frozen=True)
@@ -176,14 +178,23 @@ def run_forecast(
     from dydiff_earth.train import resolve_device
 
     start = time.perf_counter()
-    device = resolve_device(request.device)
+    devices = None
+    if request.devices is not None:
+        from dydiff_earth.devices import MultiDeviceForecaster, parse_devices
+
+        devices = parse_devices(request.devices)
+    device = devices[0] if devices else resolve_device(request.device)
     with tempfile.TemporaryDirectory(prefix="dydiff-") as work:
         if inputs is None:
             source = request.input if request.input is not None else _demo_input(Path(work))
             inputs = open_inputs(request, source, device)
         model, fields = inputs
         lead_times = request.lead_times or model.horizon
-        forecaster = DiffusionForecaster(model, request.forecast, device=device, progress=progress)
+        forecaster = (
+            MultiDeviceForecaster(model, request.forecast, devices=devices, progress=progress)
+            if devices
+            else DiffusionForecaster(model, request.forecast, device=device, progress=progress)
+        )
         ds = forecaster(
             fields,
             init_time=request.init_time,

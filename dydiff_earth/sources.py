@@ -3,7 +3,9 @@
 `open_source` turns a zarr store, a NetCDF file, a glob of NetCDF files or a list of these into a lazy
 (dask) ``xr.Dataset`` of the chosen variables and times: the time and spatial dims found (CF marks first,
 then the usual names), times decoded to datetimes and checked (none missing, none repeated, increasing).
-No data is read. Time segments, normalisation and arrays belong to :mod:`dydiff_earth.data`.
+A zarr store may also be an fsspec URL (``s3://``, ``gs://``, ``https://``), read lazily with the
+credentials of the environment. No data is read. Time segments, normalisation and arrays belong to
+:mod:`dydiff_earth.data`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import glob
+import importlib.util
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,6 +26,10 @@ from dydiff_earth import schema
 from dydiff_earth.errors import InputError, MissingVariableError
 
 _ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")
+#: ``scheme://`` (fsspec URLs: s3, gs, http(s), ...); a Windows drive ``C:\\`` has no ``//``.
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+#: The fsspec filesystems of the schemes users meet, and the package that provides each.
+_URL_PACKAGES = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "http": "aiohttp", "https": "aiohttp"}
 _NETCDF_SUFFIXES = frozenset({".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5"})
 _NETCDF_MAGIC = (b"CDF\x01", b"CDF\x02", b"CDF\x05", b"\x89HDF\r\n\x1a\n")
 # HDF5 (NetCDF-4) may start after a user block of 512, 1024, 2048... bytes.
@@ -65,15 +72,26 @@ def reading(what: str, action: str = "") -> Iterator[None]:
         ) from err
 
 
-def _expand(source: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Paths named by ``source``: one path, a glob pattern, or a list of either."""
+def is_url(source: object) -> bool:
+    """True for an fsspec URL such as ``s3://bucket/era5.zarr`` or ``https://host/store.zarr``."""
+    return isinstance(source, str) and _URL.match(source) is not None
+
+
+def _expand(source: str | Path | Sequence[str | Path]) -> list[Path | str]:
+    """Paths named by ``source``: one path, a glob pattern, a URL, or a list of these.
+
+    URLs stay strings (``Path`` would fold ``s3://b`` into ``s3:/b``) and are not checked here: only
+    opening them asks the remote side.
+    """
     items = [source] if isinstance(source, (str, Path)) else list(source)
     if not items:
         raise InputError("no input given; pass a zarr store, a NetCDF file or a glob of NetCDF files")
-    paths: list[Path] = []
+    paths: list[Path | str] = []
     for item in items:
         text = str(item)
-        if isinstance(item, str) and glob.has_magic(text):
+        if is_url(item):
+            paths.append(text.rstrip("/"))
+        elif isinstance(item, str) and glob.has_magic(text):
             matches = sorted(glob.glob(text))
             if not matches:
                 raise InputError(f"no files match {text!r}; check the pattern and quote it in the shell")
@@ -85,7 +103,14 @@ def _expand(source: str | Path | Sequence[str | Path]) -> list[Path]:
     return paths
 
 
-def _format(path: Path) -> Literal["zarr", "netcdf"]:
+def _format(path: Path | str) -> Literal["zarr", "netcdf"]:
+    if isinstance(path, str):  # a URL (see _expand)
+        if Path(path).suffix.lower() in _NETCDF_SUFFIXES:
+            raise InputError(
+                f"{path} is a remote NetCDF file; remote input must be a zarr store, convert it with "
+                "`dydiff-earth prepare` (or download it first)"
+            )
+        return "zarr"
     if path.is_dir():
         if path.suffix == ".zarr" or any((path / m).exists() for m in _ZARR_MARKERS):
             return "zarr"
@@ -111,12 +136,14 @@ def _format(path: Path) -> Literal["zarr", "netcdf"]:
     )
 
 
-def _open_raw(paths: list[Path], chunks: dict[str, int] | None) -> xr.Dataset:
+def _open_raw(paths: list[Path | str], chunks: dict[str, int] | None) -> xr.Dataset:
     """Open lazily with dask: one time step per chunk for NetCDF, the store's chunks for zarr."""
     formats = {_format(p) for p in paths}
     if len(formats) > 1:
         raise InputError("inputs mix zarr stores and NetCDF files; convert them to one format")
     fmt = formats.pop()
+    if any(is_url(p) for p in paths):
+        return _open_remote([str(p) for p in paths], chunks or {})
     # zarr: local stores are cheap to list, and asking for consolidated metadata makes zarr 3 warn.
     kwargs: dict = {"engine": "zarr", "consolidated": False} if fmt == "zarr" else {}
     what = str(paths[0]) if len(paths) == 1 else f"{len(paths)} files ({paths[0]}, ...)"
@@ -144,6 +171,40 @@ def _open_raw(paths: list[Path], chunks: dict[str, int] | None) -> xr.Dataset:
         raise
     except Exception as err:
         raise InputError(f"cannot open {what} as {fmt}: {type(err).__name__}: {_one_line(err)}") from err
+
+
+def _open_remote(urls: list[str], chunks: dict[str, int]) -> xr.Dataset:
+    """Zarr stores at fsspec URLs, opened lazily: only metadata is fetched here, chunks when read.
+
+    Consolidated metadata first (one request: what cloud archives such as ARCO-ERA5 publish), else the
+    store's own metadata, which needs a listing of the group (S3, GCS and plain HTTP directory
+    listings give one).
+    """
+    for url in urls:
+        scheme = url.split("://", 1)[0].lower()
+        package = _URL_PACKAGES.get(scheme)
+        if package is not None and importlib.util.find_spec(package) is None:
+            raise InputError(f"reading {scheme}:// URLs needs the {package} package: pip install {package}")
+    what = urls[0] if len(urls) == 1 else f"{len(urls)} stores ({urls[0]}, ...)"
+
+    def open_one(url: str) -> xr.Dataset:
+        try:
+            return xr.open_dataset(url, engine="zarr", consolidated=True, chunks=chunks)
+        except Exception:
+            # No consolidated metadata (or no such store: the second attempt then says what is wrong).
+            return xr.open_dataset(url, engine="zarr", consolidated=False, chunks=chunks)
+
+    try:
+        parts = [open_one(url) for url in urls]
+        if len(parts) == 1:
+            return parts[0]
+        return xr.combine_by_coords(
+            parts, data_vars="minimal", coords="minimal", compat="override", join="exact"
+        )  # type: ignore[return-value]
+    except (InputError, MemoryError):
+        raise
+    except Exception as err:
+        raise InputError(f"cannot open {what} as zarr: {type(err).__name__}: {_one_line(err)}") from err
 
 
 def _netcdf_chunks(peek: xr.Dataset) -> dict[str, int]:

@@ -360,6 +360,10 @@ def fit(
         change = np.mean([diurnal.mean_change(f) for f in stores], axis=0).astype(np.float32)
     dev = resolve_device(device)
     rank, world = _distributed()
+    if world > 1 and dev.type == "cuda" and dev.index is None:
+        # torchrun starts one process per GPU of a node: each takes the GPU of its local rank.
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
     length = cfg.context + cfg.horizon
     splits = [split_starts(f, length, cfg.validation_fraction) for f in stores]
     torch.manual_seed(cfg.seed)
@@ -379,7 +383,8 @@ def fit(
         step = _restore(output, denoiser, ema, opt, gen)
     model: torch.nn.Module = denoiser
     if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(denoiser)
+        ids = [dev.index] if dev.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(denoiser, device_ids=ids)
     schedule = make_schedule(diff_cfg)
     stream, scale = training_streams(
         stores,

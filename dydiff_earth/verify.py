@@ -8,9 +8,11 @@ Protocol ``radar-4km-v1`` (``shared/data/README.md``): 4 context frames, 12 lead
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time as _time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -19,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from dydiff_earth import __version__, io, schema
-from dydiff_earth.data import Fields, open_fields, window_starts
+from dydiff_earth import __version__, cluster, io, schema
+from dydiff_earth.config import ForecastConfig
+from dydiff_earth.data import Fields, VariableSpec, open_fields, window_starts
 from dydiff_earth.errors import InputError
 from dydiff_earth.forecast import Forecaster
 from dydiff_earth.metrics import combine_systems, score_all
@@ -242,6 +245,22 @@ def _now() -> str:
 # --- skill: several systems, same init times --------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Recipe:
+    """How a worker process rebuilds a system: picklable, small, no model inside (see `cluster`)."""
+
+    data: str
+    time: str | None
+    names: tuple[str, ...]
+    #: normalisation of the data as the system reads it (the model's, or the baselines' computed once)
+    stats: tuple[VariableSpec, ...]
+    baseline: str | None = None
+    checkpoint: str | None = None
+    sha256: str | None = None
+    config: ForecastConfig | None = None
+    device: str = "auto"
+
+
 @dataclass
 class _System:
     name: str
@@ -250,6 +269,16 @@ class _System:
     context: int
     #: trained horizon of a model system (the default number of lead times)
     horizon: int | None = None
+    recipe: _Recipe | None = None
+
+
+@dataclass(frozen=True)
+class FailedInit:
+    """An init time one system could not forecast: it is left out of every system's scores."""
+
+    init_time: str
+    system: str
+    error: str
 
 
 @dataclass(frozen=True)
@@ -262,6 +291,7 @@ class SkillResult:
     seconds: dict[str, float]
     summary: dict
     scores: xr.Dataset = field(repr=False)
+    failed: list[FailedInit] = field(default_factory=list)
 
 
 def _unique(name: str, taken: Sequence[str]) -> str:
@@ -288,7 +318,17 @@ def _model_systems(
         check_compatible(model, fields)
         name = _unique(resolve_checkpoint(ckpt).stem, [s.name for s in systems])
         forecaster = DiffusionForecaster(model, config, device=dev, progress=progress)  # type: ignore[arg-type]
-        systems.append(_System(name, forecaster, fields, model.context, model.horizon))
+        recipe = _Recipe(
+            str(data_source),
+            time,
+            fields.names,
+            model.variables,
+            checkpoint=model.path,
+            sha256=model.sha256,
+            config=config,  # type: ignore[arg-type]
+            device=device,
+        )
+        systems.append(_System(name, forecaster, fields, model.context, model.horizon, recipe))
     return systems
 
 
@@ -303,20 +343,49 @@ def training_record(data_source: str, fields: Fields) -> Fields:
     return open_fields(data_source, list(fields.names), time=f":{first - np.timedelta64(1, 's')}")
 
 
+def _baseline(name: str, data_source: str, fields: Fields) -> Forecaster:
+    """A baseline by name; ``diurnal`` learns from the record before the held-out ``fields``."""
+    from dydiff_earth.baselines import make_baseline
+
+    return make_baseline(name, training_record(data_source, fields) if name == "diurnal" else None)
+
+
 def _baseline_systems(
-    fields: Fields, baselines: Sequence[str], taken: Sequence[str], data_source: str
+    fields: Fields, baselines: Sequence[str], taken: Sequence[str], data_source: str, time: str | None = None
 ) -> list[_System]:
     """Persistence first (always, the reference), then the other baselines in the order given."""
-    from dydiff_earth.baselines import make_baseline
 
     names = [REFERENCE, *[b.strip().lower() for b in baselines if b.strip().lower() != REFERENCE]]
     systems = []
     for name in dict.fromkeys(names):
-        record = training_record(data_source, fields) if name == "diurnal" else None
-        forecaster = make_baseline(name, record)
+        forecaster = _baseline(name, data_source, fields)
         context = int(getattr(forecaster, "context", 1))
-        systems.append(_System(_unique(name, list(taken)), forecaster, fields, context))
+        recipe = _Recipe(str(fields.source), time, fields.names, fields.variables, baseline=name)
+        systems.append(_System(_unique(name, list(taken)), forecaster, fields, context, recipe=recipe))
     return systems
+
+
+def _rebuild(recipe: _Recipe) -> tuple[Forecaster, Fields]:
+    """A worker's forecaster and input for ``recipe``: the checkpoint loaded and the data opened once."""
+    from dydiff_earth.forecast import DiffusionForecaster, load_model
+    from dydiff_earth.train import resolve_device
+
+    fields = cluster.worker_cached(
+        ("fields", recipe.data, recipe.time, recipe.names, recipe.stats),
+        lambda: open_fields(recipe.data, list(recipe.names), stats=recipe.stats, time=recipe.time),
+    )
+    if recipe.checkpoint is None:
+        return cluster.worker_cached(
+            ("baseline", recipe.baseline, recipe.data, recipe.time),
+            lambda: _baseline(str(recipe.baseline), recipe.data, fields),
+        ), fields
+    dev = resolve_device(recipe.device)
+    model = cluster.worker_cached(
+        ("model", recipe.checkpoint, recipe.sha256, str(dev)), lambda: load_model(str(recipe.checkpoint), dev)
+    )
+    if model.sha256 != recipe.sha256:
+        raise InputError(f"{recipe.checkpoint} changed while the skill run was going on; run it again")
+    return DiffusionForecaster(model, recipe.config or ForecastConfig(), device=dev), fields
 
 
 def default_checkpoints(data_source: str, *, time: str | None = None) -> tuple[list[str], str | None]:
@@ -355,40 +424,39 @@ def choose_inits(
     return [s + context - 1 for s in starts]
 
 
-def _run_system(
-    system: _System,
-    inits: Sequence[np.datetime64],
-    lead_times: int,
-    members: int,
-    seed: int,
-    progress: SkillProgress | None,
-) -> tuple[dict[str, xr.DataArray], list[xr.Dataset]]:
+def _forecast_init(
+    forecaster: Forecaster, fields: Fields, init: np.datetime64, lead_times: int, members: int, seed: int
+) -> tuple[xr.Dataset, float]:
+    """One system's forecast of one init time, and the seconds it took: the unit of work of a skill run."""
+    start = _time.perf_counter()
+    ds = forecaster(fields, init_time=str(init), lead_times=lead_times, n_members=members, seed=seed)
+    return ds, _time.perf_counter() - start
+
+
+def _forecast_recipe(
+    item: tuple[_Recipe, np.datetime64], lead_times: int, members: int, seed: int
+) -> tuple[xr.Dataset, float]:
+    """:func:`_forecast_init` on a worker, from a recipe (the task a cluster runs)."""
+    forecaster, fields = _rebuild(item[0])
+    return _forecast_init(forecaster, fields, item[1], lead_times, members, seed)
+
+
+def _stack(datasets: Sequence[xr.Dataset], inits: Sequence[np.datetime64]) -> dict[str, xr.DataArray]:
     """Forecasts of every init stacked along ``init_time``, dims ``(member, init_time, lead_time, y, x)``."""
-    stacks: dict[str, list[np.ndarray]] = {}
-    datasets: list[xr.Dataset] = []
-    for k, init in enumerate(inits):
-        ds = system.forecaster(
-            system.fields, init_time=str(init), lead_times=lead_times, n_members=members, seed=seed
-        )
-        datasets.append(ds)
-        for name in schema.forecast_variables(ds):
-            stacks.setdefault(name, []).append(ds[name].values)
-        if progress is not None:
-            progress(system.name, k + 1, len(inits))
     first = datasets[0]
     out = {}
-    for name, arrays in stacks.items():
+    for name in schema.forecast_variables(first):
         template = first[name]
         dims = (schema.MEMBER, schema.INIT_TIME, *template.dims[1:])
         coords = {d: template[d].values for d in template.dims[1:] if d in template.indexes}
         out[name] = xr.DataArray(
-            np.stack(arrays, axis=1),
+            np.stack([ds[name].values for ds in datasets], axis=1),
             dims=dims,
             coords={schema.INIT_TIME: np.asarray(inits, "datetime64[ns]"), **coords},
             name=name,
             attrs=dict(template.attrs),
         )
-    return out, datasets
+    return out
 
 
 def skill(
@@ -410,6 +478,8 @@ def skill(
     report_dir: Path,
     device: str = "auto",
     progress: SkillProgress | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> SkillResult:
     """Compare checkpoints and baselines on the same init times of a held-out period.
 
@@ -446,21 +516,26 @@ def skill(
     device : str
         For the checkpoints: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
     progress : callable, optional
-        ``progress(system, done, total)`` after each forecast.
+        ``progress(system, done, total)`` after each forecast (as each completes on a cluster).
+    workers, scheduler : optional
+        Spread the forecasts over a local ``dask.distributed`` cluster of ``workers`` processes, or the
+        cluster at ``scheduler``; each worker loads a checkpoint once. The scores are those of the serial
+        run (on CPUs, of a serial run on one torch thread, as each worker runs one: CPU kernels round
+        differently at other thread counts). An init time that fails for a system is reported
+        (``SkillResult.failed``) and left out of every system's scores; the other init times are kept.
 
     Returns
     -------
     SkillResult
     """
-    from dydiff_earth.config import ForecastConfig
-
+    cluster.check_options(workers, scheduler)
     if members < 1 or sampling_steps < 1 or (lead_times is not None and lead_times < 1):
         raise InputError("--members, --sampling-steps and --lead-times must be at least 1")
     config = ForecastConfig(members=members, sampling_steps=sampling_steps, seed=seed)
     systems = _model_systems(data_source, checkpoints, time, config, device, None)
     names = list(systems[0].fields.names) if systems else None
     fields = open_fields(data_source, names, time=time)
-    base = _baseline_systems(fields, baselines, [s.name for s in systems], data_source)
+    base = _baseline_systems(fields, baselines, [s.name for s in systems], data_source, time)
     systems += base
     if lead_times is None:
         lead_times = systems[0].horizon or DEFAULT_LEAD_TIMES
@@ -486,9 +561,17 @@ def skill(
         "seed": seed,
         "context": ctx,
     }
-    stacks, truth, examples, seconds = _forecast_all(
-        systems, fields, init_times, lead_times, members, seed, progress
-    )
+    with cluster.client(workers, scheduler) as client:
+        runs, seconds, failed = _forecast_all(
+            systems, init_times, lead_times, members, seed, progress, client
+        )
+    kept = [k for k in range(len(init_times)) if all(k in runs[s.name] for s in systems)]
+    if not kept:
+        raise InputError(
+            f"no init time could be forecast by every system; the first failure: {failed[0].error}"
+        )
+    init_times = [init_times[k] for k in kept]
+    stacks, truth, examples = _stack_all(systems, fields, runs, kept, init_times)
     # Every system is verified on the same points: where the truth and all members of all systems are
     # finite (coverage rules differ: persistence needs the last frame, the others every context frame).
     common = truth.copy()
@@ -505,6 +588,7 @@ def skill(
     summary = {
         "options": options,
         "init_times": [str(t)[:19] for t in init_times],
+        "failed": [f.__dict__ for f in failed],
         "lead_times_minutes": [float(x) for x in truth[schema.LEAD_TIME].values / np.timedelta64(1, "m")],
         "reference": REFERENCE,
         "systems": headline(scores),
@@ -515,33 +599,71 @@ def skill(
     report = _write_outputs(
         scores, summary, Path(report_dir), examples, truth.isel({schema.INIT_TIME: _example_case(truth)})
     )
-    return SkillResult(Path(report_dir), report, init_times, seconds, summary, scores)
+    return SkillResult(Path(report_dir), report, init_times, seconds, summary, scores, failed)
 
 
 def _forecast_all(
     systems: Sequence[_System],
-    fields: Fields,
     init_times: Sequence[np.datetime64],
     lead_times: int,
     members: int,
     seed: int,
     progress: SkillProgress | None,
-) -> tuple[dict[str, dict[str, xr.DataArray]], xr.Dataset, dict[str, xr.Dataset], dict[str, float]]:
-    """Every system's stacked forecasts, the truth at their valid times, one example case, run times."""
+    client: object | None = None,
+) -> tuple[dict[str, dict[int, xr.Dataset]], dict[str, float], list[FailedInit]]:
+    """Every system's forecast of every init (by init index), seconds of forecasting per system, failures.
+
+    In this process, or on the workers of ``client``, from recipes; the same :func:`_forecast_init` either
+    way. System-major order, so that on a cluster too the systems finish roughly one after the other.
+    """
+    items = [(system, init) for system in systems for init in init_times]
+    if client is None:
+
+        def func(item: tuple[_System, np.datetime64]) -> tuple[xr.Dataset, float]:
+            return _forecast_init(item[0].forecaster, item[0].fields, item[1], lead_times, members, seed)
+
+        work: list = items
+    else:
+        func = functools.partial(_forecast_recipe, lead_times=lead_times, members=members, seed=seed)  # type: ignore[assignment]
+        work = [(system.recipe, init) for system, init in items]
+    runs: dict[str, dict[int, xr.Dataset]] = {s.name: {} for s in systems}
+    seconds = dict.fromkeys(runs, 0.0)
+    done: Counter[str] = Counter()
+    failed: list[FailedInit] = []
+    for i, result, error in cluster.map_completed(func, work, client):
+        system, init = items[i]
+        if error is not None:
+            message = str(error) if isinstance(error, InputError) else cluster.describe(error)
+            failed.append(FailedInit(str(init)[:19], system.name, message))
+        else:
+            assert result is not None
+            runs[system.name][i % len(init_times)], took = result
+            seconds[system.name] += took
+        done[system.name] += 1
+        if progress is not None:
+            progress(system.name, done[system.name], len(init_times))
+    failed.sort(key=lambda f: (f.init_time, f.system))
+    return runs, {k: round(v, 2) for k, v in seconds.items()}, failed
+
+
+def _stack_all(
+    systems: Sequence[_System],
+    fields: Fields,
+    runs: Mapping[str, Mapping[int, xr.Dataset]],
+    kept: Sequence[int],
+    init_times: Sequence[np.datetime64],
+) -> tuple[dict[str, dict[str, xr.DataArray]], xr.Dataset, dict[str, xr.Dataset]]:
+    """Each system's forecasts of the kept inits stacked, the truth at their valid times, an example case."""
     stacks: dict[str, dict[str, xr.DataArray]] = {}
-    seconds: dict[str, float] = {}
-    runs: dict[str, list[xr.Dataset]] = {}
     truth: xr.Dataset | None = None
     for system in systems:
-        start = _time.perf_counter()
-        stacked, runs[system.name] = _run_system(system, init_times, lead_times, members, seed, progress)
+        stacked = _stack([runs[system.name][k] for k in kept], init_times)
         if truth is None:
             truth = xr.Dataset({n: truth_like(fields, da) for n, da in stacked.items()})
         stacks[system.name] = {n: da.assign_coords(truth[n].coords) for n, da in stacked.items()}
-        seconds[system.name] = round(_time.perf_counter() - start, 2)
     assert truth is not None  # persistence always runs
-    case = _example_case(truth)
-    return stacks, truth, {name: r[case] for name, r in runs.items()}, seconds
+    case = kept[_example_case(truth)]
+    return stacks, truth, {s.name: runs[s.name][case] for s in systems}
 
 
 def _example_case(truth: xr.Dataset) -> int:
@@ -572,6 +694,7 @@ def _write_outputs(
 __all__ = [
     "DEFAULT_POOLS",
     "REFERENCE",
+    "FailedInit",
     "SkillResult",
     "choose_inits",
     "default_checkpoints",

@@ -131,7 +131,7 @@ def test_torchrun_data_parallel_on_cpu(tmp_path: Path) -> None:
         "--quiet",
     ]
     done = subprocess.run(
-        [torchrun, "--nproc-per-node", "2", "-m", "dydiff_earth.cli", "train", *map(str, args)],
+        [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "dydiff_earth", "train", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=300,
