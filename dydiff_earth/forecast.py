@@ -467,8 +467,13 @@ class DiffusionForecaster:
         m, cfg = self.model, self.config
         p, c, s = m.context, ctx.shape[1], m.context + m.horizon
         height, width = ctx.shape[-2:]
-        full = not m.denoiser.net.cfg.spatial_attention and height * width <= FULL_DOMAIN_CELLS
         mult = m.denoiser.net.size_multiple
+        full = not m.denoiser.net.cfg.spatial_attention and height * width <= FULL_DOMAIN_CELLS
+        # A whole domain not a multiple of the network's size is padded with invalid cells. Motion-frame
+        # models learn such borders (trajectories leave the grid); models trained on crops of a wholly
+        # valid grid (weather) never saw one, so they run on tiles of their training size instead.
+        padded = height % mult or width % mult
+        full = full and (not padded or m.frame == "lagrangian" or min(height, width) < m.patch)
         if full:
             ph, pw = -(-height // mult) * mult, -(-width // mult) * mult
         else:
