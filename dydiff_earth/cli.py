@@ -285,7 +285,13 @@ def forecast(
         int | None, typer.Option(help="lead times to forecast (default: trained horizon)")
     ] = None,
     members: Annotated[int, typer.Option(help="ensemble members")] = 8,
-    sampling_steps: Annotated[int, typer.Option(help="DDIM steps: fewer is faster, 50 as in the paper")] = 50,
+    sampling_steps: Annotated[
+        int, typer.Option(help="solver steps: fewer is faster, 50 as in the paper")
+    ] = 50,
+    solver: Annotated[str, typer.Option(help="ddim, or dpmpp2m (DPM-Solver++(2M), second order)")] = "ddim",
+    precision: Annotated[
+        str, typer.Option(help="network arithmetic: fp32, or bf16 (faster on CPUs)")
+    ] = "fp32",
     seed: Annotated[int, typer.Option(help="random seed; member k depends only on (seed, init time, k)")] = 0,
     batch_size: Annotated[int, typer.Option(help="members sampled together (memory; never the numbers)")] = 8,
     thresholds: Annotated[
@@ -329,6 +335,8 @@ def forecast(
     ):
         if value < 1:
             raise InputError(f"{name} must be at least 1, got {value}")
+    config.check_choice(solver, config.SOLVERS, "--solver")
+    config.check_choice(precision, config.PRECISIONS, "--precision")
     request = pipeline.ForecastRequest(
         input=input_path,
         checkpoint=checkpoint,
@@ -341,6 +349,8 @@ def forecast(
             seed=seed,
             batch_size=batch_size,
             anchor_context=not no_anchor,
+            solver=solver,
+            precision=precision,
         ),
         thresholds=_floats(thresholds, "--thresholds"),
         output=output,
@@ -479,7 +489,11 @@ def skill(
     lead_times: Annotated[
         int | None, typer.Option(help="lead times (default: model horizon, else 12)")
     ] = None,
-    sampling_steps: Annotated[int, typer.Option(help="DDIM steps of the model systems")] = 50,
+    sampling_steps: Annotated[int, typer.Option(help="solver steps of the model systems")] = 50,
+    solver: Annotated[str, typer.Option(help="ddim or dpmpp2m, for the model systems")] = "ddim",
+    precision: Annotated[
+        str, typer.Option(help="network arithmetic of the model systems: fp32 or bf16")
+    ] = "fp32",
     thresholds: Annotated[
         str | None, typer.Option(help="event thresholds, e.g. 1,4 (variable units)")
     ] = None,
@@ -516,6 +530,8 @@ def skill(
             members=members,
             lead_times=lead_times,
             sampling_steps=sampling_steps,
+            solver=solver,
+            precision=precision,
             thresholds=_floats(thresholds, "--thresholds"),
             seed=seed,
             report_dir=report,

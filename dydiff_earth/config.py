@@ -91,6 +91,24 @@ class ForecastConfig:
     tile_overlap: float = 0.25
     #: bound on the clean estimate at every sampling step, in normalised units (standard deviations)
     clip: float = 10.0
+    #: reverse-process solver (:data:`SOLVERS`): "ddim" (eta = 0) or "dpmpp2m" (DPM-Solver++(2M))
+    solver: str = "ddim"
+    #: the network's arithmetic (:data:`PRECISIONS`): "fp32", or "bf16" (autocast on the network call
+    #: only; the solver's steps, mixing and un-mixing stay in float32 with float64 coefficients)
+    precision: str = "fp32"
+
+
+#: Reverse-process solvers a forecast may use (:mod:`dydiff_earth.sampling`).
+SOLVERS = ("ddim", "dpmpp2m")
+#: Arithmetic of the network call in a forecast.
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
+    """``value`` if it is one of ``choices``, else an ``InputError`` naming ``what`` and the choices."""
+    if value not in choices:
+        raise InputError(f"{what} must be {' or '.join(choices)}, not {value!r}")
+    return value
 
 
 PRESETS: dict[str, ModelConfig] = {
@@ -195,11 +213,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 __all__ = [
+    "PRECISIONS",
     "PRESETS",
+    "SOLVERS",
     "DiffusionConfig",
     "ForecastConfig",
     "ModelConfig",
     "TrainConfig",
+    "check_choice",
     "from_dict",
     "load_yaml",
     "preset",

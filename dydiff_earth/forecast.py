@@ -20,13 +20,20 @@ import torch
 import xarray as xr
 
 from dydiff_earth import __version__, covariates, diurnal, io, motion, schema
-from dydiff_earth.config import DiffusionConfig, ForecastConfig, ModelConfig
+from dydiff_earth.config import (
+    PRECISIONS,
+    SOLVERS,
+    DiffusionConfig,
+    ForecastConfig,
+    ModelConfig,
+    check_choice,
+)
 from dydiff_earth.data import Fields, VariableSpec, canonical_units, denormalize, describe_step, load_frames
-from dydiff_earth.diffusion import Schedule, make_schedule
+from dydiff_earth.diffusion import Denoiser, Schedule, make_schedule
 from dydiff_earth.errors import InputError
 from dydiff_earth.model import ConditionedDenoiser
 from dydiff_earth.patches import blend_weight, tiles, window_motion
-from dydiff_earth.sampling import ddim_timesteps, sample_ddim
+from dydiff_earth.sampling import ddim_timesteps, sample_ddim, sample_dpmpp_2m
 
 #: Models shipped inside the package, resolvable by name (``--checkpoint demo``).
 MODELS_DIR = Path(__file__).parent / "models"
@@ -40,6 +47,14 @@ TILE_BATCH = 8
 #: Models without spatial attention run on the whole (padded) domain in one call per member batch up to
 #: this many grid cells (about 1 GB of activations for the ``radar`` preset); larger domains are tiled.
 FULL_DOMAIN_CELLS = 512 * 512
+
+#: The solver function of each ``ForecastConfig.solver`` and how provenance names it.
+SOLVER_FUNCTIONS = {"ddim": sample_ddim, "dpmpp2m": sample_dpmpp_2m}
+SOLVER_NOTES = {"ddim": "ddim (eta = 0)", "dpmpp2m": "dpm-solver++(2m) (Lu et al. 2022), data prediction"}
+PRECISION_NOTES = {
+    "fp32": "float32",
+    "bf16": "bfloat16 autocast on the network call; solver, mixing and un-mixing in float32",
+}
 
 #: ``progress(done, total)`` over members x sampling steps.
 ProgressFn = Callable[[int, int], None]
@@ -300,7 +315,9 @@ class FullDomainDenoiser:
     statistics of the whole field), so trained on crops it runs on any domain of its size multiple: one
     field, no tiles, hence no seams, and one call per member and sampling step. One member per call, so
     that numbers do not depend on how members are batched (CPU kernels may round differently at other
-    batch sizes), at no cost in speed: a whole domain is batch enough.
+    batch sizes), at no cost in speed: a whole domain is batch enough. Measured with ``radar-4km-v1`` on
+    the 160 x 192 radar grid (one thread, 2026-12-02): two members in one call differ from two calls by
+    up to 1.4e-6 and cost as much (2.34 against 2.27 CPU seconds).
     """
 
     def __init__(
@@ -402,6 +419,8 @@ class DiffusionForecaster:
         device: torch.device | str = "cpu",
         progress: ProgressFn | None = None,
     ) -> None:
+        check_choice(config.solver, SOLVERS, "solver")
+        check_choice(config.precision, PRECISIONS, "precision")
         self.model, self.config, self.device, self.progress = model, config, torch.device(device), progress
 
     @property
@@ -503,7 +522,7 @@ class DiffusionForecaster:
                 path[..., :height, :width] = torch.from_numpy(diurnal.path(m.diurnal_change, times, p - 1))
                 path = path.to(self.device)
             spaces.append(_Space(scale, path))
-        steps = self.timesteps
+        steps, solve = self.timesteps, SOLVER_FUNCTIONS[cfg.solver]
         out = np.empty((n_members, lead_times, c, height, width), np.float32)
         done, total = 0, n_members * rounds * len(steps)
         for first in range(0, n_members, cfg.batch_size):
@@ -528,8 +547,8 @@ class DiffusionForecaster:
                     if self.progress is not None:
                         self.progress(done, total)
 
-                window = sample_ddim(
-                    denoise,
+                window = solve(
+                    in_precision(denoise, cfg.precision, self.device),
                     noise.to(self.device),
                     steps,
                     context=given,
@@ -545,6 +564,23 @@ class DiffusionForecaster:
             sampled = torch.cat(leads, 1)[:, :lead_times, :, :height, :width]
             out[first : first + len(members)] = sampled.numpy()
         return out
+
+
+def in_precision(denoise: Denoiser, precision: str, device: torch.device) -> Denoiser:
+    """``denoise`` with its network call in ``precision``; its answer comes back in float32.
+
+    Only the network runs under bfloat16 autocast: the solver un-mixes with ``D^-1``, which divides by
+    ``sqrt(theta_bar)`` frame after frame, and steps with coefficients down to ``sqrt(a_t) ~ 0.03``, too
+    fine for bfloat16's 8-bit mantissa.
+    """
+    if precision == "fp32":
+        return denoise
+
+    def bf16(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return denoise(x, t, context).float()
+
+    return bf16
 
 
 # --- baselines ----------------------------------------------------------------------------------------------
@@ -591,8 +627,9 @@ def _provenance(
         "package_version": __version__,
         "seed": seed,
         "rng_scheme": RNG_SCHEME,
-        "sampler": "ddim (eta = 0), evenly spaced steps from 981 to 1",
+        "sampler": f"{SOLVER_NOTES[cfg.solver]}, evenly spaced steps from 981 to 1",
         "sampling_steps": len(steps),
+        "precision": f"{cfg.precision} ({PRECISION_NOTES[cfg.precision]})",
         "context_anchoring": int(cfg.anchor_context),
         "tile_overlap": cfg.tile_overlap,
         "clip_normalised": cfg.clip,
@@ -706,6 +743,7 @@ __all__ = [
     "add_derived",
     "check_compatible",
     "forecast_dataset",
+    "in_precision",
     "init_index",
     "latest_complete_init",
     "load_model",

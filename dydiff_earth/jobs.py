@@ -45,6 +45,9 @@ class JobConfig:
     members: int = 8
     lead_times: int = 0  # 0: the model's trained horizon
     sampling_steps: int = 50
+    #: reverse-process solver ("ddim" or "dpmpp2m") and network arithmetic ("fp32" or "bf16")
+    solver: str = "ddim"
+    precision: str = "fp32"
     thresholds: tuple[float, ...] = ()
     seed: int = 0
     output_dir: str = "forecasts"
@@ -115,6 +118,8 @@ def _check(job: JobConfig) -> None:
         raise InputError(
             f"key 'map_units' must be {' or '.join(schema.DISPLAY_UNITS)}, not {job.map_units!r}"
         )
+    config.check_choice(job.solver, config.SOLVERS, "key 'solver'")
+    config.check_choice(job.precision, config.PRECISIONS, "key 'precision'")
     for key in ("members", "sampling_steps", "batch_size", "coarsen"):
         if getattr(job, key) < 1:
             raise InputError(f"key {key!r} must be at least 1, not {getattr(job, key)}")
@@ -301,7 +306,12 @@ def _forecast_one(job: JobConfig, init: np.datetime64, inputs: tuple[LoadedModel
         init_time=str(pd.Timestamp(init)),
         lead_times=job.lead_times or None,
         forecast=config.ForecastConfig(
-            members=job.members, sampling_steps=job.sampling_steps, seed=job.seed, batch_size=job.batch_size
+            members=job.members,
+            sampling_steps=job.sampling_steps,
+            seed=job.seed,
+            batch_size=job.batch_size,
+            solver=job.solver,
+            precision=job.precision,
         ),
         thresholds=job.thresholds,
         output=out,

@@ -470,6 +470,8 @@ def skill(
     members: int = 8,
     lead_times: int | None = None,
     sampling_steps: int = 50,
+    solver: str = "ddim",
+    precision: str = "fp32",
     thresholds: Sequence[float] = (),
     pools: Sequence[int] | None = None,
     fss_windows: Sequence[int] = (5,),
@@ -506,7 +508,9 @@ def skill(
         Every ``init_stride``-th window start (default 4, protocol radar-4km-v1), or ``inits`` evenly
         spaced window starts.
     members, lead_times, sampling_steps, seed : int
-        Ensemble size, lead times (default: the first checkpoint's horizon, else 12), DDIM steps, seed.
+        Ensemble size, lead times (default: the first checkpoint's horizon, else 12), solver steps, seed.
+    solver, precision : str
+        The checkpoints' solver (``ddim``, ``dpmpp2m``) and network arithmetic (``fp32``, ``bf16``).
     thresholds, pools, fss_windows : sequence
         Event thresholds (variable units), max-pool sizes (default 1, 4, 16 that fit the grid), FSS windows.
     context : int
@@ -528,10 +532,16 @@ def skill(
     -------
     SkillResult
     """
+    from dydiff_earth.config import PRECISIONS, SOLVERS, ForecastConfig, check_choice
+
     cluster.check_options(workers, scheduler)
     if members < 1 or sampling_steps < 1 or (lead_times is not None and lead_times < 1):
         raise InputError("--members, --sampling-steps and --lead-times must be at least 1")
-    config = ForecastConfig(members=members, sampling_steps=sampling_steps, seed=seed)
+    check_choice(solver, SOLVERS, "--solver")
+    check_choice(precision, PRECISIONS, "--precision")
+    config = ForecastConfig(
+        members=members, sampling_steps=sampling_steps, seed=seed, solver=solver, precision=precision
+    )
     systems = _model_systems(data_source, checkpoints, time, config, device, None)
     names = list(systems[0].fields.names) if systems else None
     fields = open_fields(data_source, names, time=time)
@@ -555,6 +565,8 @@ def skill(
         "members": members,
         "lead_times": lead_times,
         "sampling_steps": sampling_steps,
+        "solver": solver,
+        "precision": precision,
         "thresholds": [float(t) for t in thresholds],
         "pools": list(pools),
         "fss_windows": list(windows),

@@ -269,6 +269,11 @@ def test_forecast_bad_output_suffix(inputs: dict[str, Path]) -> None:
     assert_user_error(forecast_args(inputs, output="forecast.txt"), "forecast.txt", ".nc", ".zarr")
 
 
+@pytest.mark.parametrize(("option", "value"), [("solver", "heun"), ("precision", "fp16")])
+def test_forecast_unknown_solver_or_precision(inputs: dict[str, Path], option: str, value: str) -> None:
+    assert_user_error(forecast_args(inputs, **{option: value}), f"--{option}", value)
+
+
 def test_forecast_cuda_on_a_cpu_machine(inputs: dict[str, Path]) -> None:
     import torch
 

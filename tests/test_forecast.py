@@ -36,7 +36,8 @@ def model(store: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 def _forecast(model, store, **kw) -> xr.Dataset:
-    cfg = ForecastConfig(sampling_steps=3, batch_size=kw.pop("batch_size", 8))
+    options = {k: kw.pop(k) for k in ("batch_size", "solver", "precision") if k in kw}
+    cfg = ForecastConfig(sampling_steps=3, **{"batch_size": 8, **options})
     fields = open_fields(store, stats=model.variables)
     args = {"init_time": None, "lead_times": 2, "n_members": 4, "seed": 1} | kw
     return DiffusionForecaster(model, cfg)(fields, **args)
@@ -72,6 +73,28 @@ def test_members_depend_only_on_seed_init_and_index(model, store: Path) -> None:
     other_seed = _forecast(model, store, n_members=2, seed=2)
     assert not np.allclose(other_seed["precip"].values, two["precip"].values, equal_nan=True)
     assert eight["precip"].std("member").mean() > 0
+
+
+def test_solver_and_precision_change_the_numbers_not_the_member_contract(model, store: Path) -> None:
+    ddim = _forecast(model, store, n_members=3)
+    dpm = _forecast(model, store, n_members=3, solver="dpmpp2m")
+    bf16 = _forecast(model, store, n_members=3, solver="dpmpp2m", precision="bf16")
+    assert dpm.attrs["sampler"].startswith("dpm-solver++(2m)") and ddim.attrs["sampler"].startswith("ddim")
+    assert bf16.attrs["precision"].startswith("bf16") and dpm.attrs["precision"].startswith("fp32")
+    a, b, c = (ds["precip"].values for ds in (ddim, dpm, bf16))
+    finite = np.isfinite(a)
+    assert np.array_equal(finite, np.isfinite(b)) and np.array_equal(finite, np.isfinite(c))
+    assert not np.allclose(a[finite], b[finite]) and not np.allclose(b[finite], c[finite])
+    # bfloat16 is in the network only: close to float32 (an untrained net; a loose bound), never NaN.
+    assert np.abs(c[finite] - b[finite]).mean() < 0.1 * np.abs(b[finite]).mean() + 0.1
+    one_by_one = _forecast(model, store, n_members=3, solver="dpmpp2m", precision="bf16", batch_size=1)
+    np.testing.assert_array_equal(one_by_one["precip"].values, c)
+
+
+@pytest.mark.parametrize(("key", "value"), [("solver", "heun"), ("precision", "fp16")])
+def test_unknown_solver_or_precision_is_an_input_error(model, key: str, value: str) -> None:
+    with pytest.raises(InputError, match=f"{key} must be"):
+        DiffusionForecaster(model, ForecastConfig(**{key: value}))
 
 
 def test_member_generator_keys() -> None:

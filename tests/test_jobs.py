@@ -434,6 +434,8 @@ def test_retention_by_age_uses_init_times(tmp_path: Path, model: Path) -> None:
         ({"retention": "forever"}, "key 'retention' must be a duration"),
         ({"retention": 0}, "key 'retention' must keep at least 1"),
         ({"members": 0}, "key 'members' must be at least 1"),
+        ({"solver": "euler"}, "key 'solver' must be ddim or dpmpp2m, not 'euler'"),
+        ({"precision": "fp16"}, "key 'precision' must be fp32 or bf16, not 'fp16'"),
         ({"output_pattern": "f_%Y.grib"}, "key 'output_pattern' must end in .nc or .zarr"),
     ],
 )
