@@ -11,7 +11,7 @@ import pytest
 import zarr.storage
 from typer.testing import CliRunner
 
-from dydiff_earth import info, io
+from dydiff_earth import info, io, motion
 from dydiff_earth.cli import app
 from dydiff_earth.errors import InputError
 from dydiff_earth.testing import tiny_field
@@ -43,7 +43,7 @@ def test_describes_every_shipped_model(model: Path) -> None:
     assert described["context"] >= 1 and described["horizon"] >= 1
     assert described["preset"] in (*info.config.PRESETS, "custom")
     assert 0.0 <= described["gamma_ratio"] <= 1.0
-    assert described["frame"] in ("eulerian", "lagrangian")
+    assert described["frame"] in motion.FRAMES
     assert described["training"]["steps"] >= 0 and described["training"]["data"]["frames"] > 0
     # Parameters counted from the header's shapes agree with the weights actually stored.
     tensors, _ = io.load_checkpoint(model)
