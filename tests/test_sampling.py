@@ -181,7 +181,8 @@ def test_sampler_matches_brute_force_with_a_nonlinear_denoiser(gamma_ratio: floa
     )
 
 
-def test_invalid_arguments_raise() -> None:
+@pytest.mark.parametrize("sampler", [sample_ddim, sample_dpmpp_2m], ids=["ddim", "dpmpp_2m"])
+def test_invalid_arguments_raise(sampler) -> None:
     schedule = make_schedule(DiffusionConfig())
     x_T, context = torch.zeros(SHAPE), torch.zeros(2, P, 2, 4, 4)
 
@@ -190,11 +191,12 @@ def test_invalid_arguments_raise() -> None:
 
     for timesteps in ([1, 21], [1000, 1], []):
         with pytest.raises(InputError):
-            sample_ddim(zero, x_T, timesteps, context=context, schedule=schedule)
+            sampler(zero, x_T, timesteps, context=context, schedule=schedule)
     with pytest.raises(InputError):
-        sample_ddim(zero, x_T, [21, 1], context=context, schedule=schedule, eta=0.5)
-    with pytest.raises(InputError):
-        sample_ddim(zero, x_T, [21, 1], context=torch.zeros(2, P, 2, 4, 5), schedule=schedule)
+        sampler(zero, x_T, [21, 1], context=torch.zeros(2, P, 2, 4, 5), schedule=schedule)
+    if sampler is sample_ddim:
+        with pytest.raises(InputError):
+            sampler(zero, x_T, [21, 1], context=context, schedule=schedule, eta=0.5)
 
 
 # --- DPM-Solver++(2M) ---------------------------------------------------------------------------------------
@@ -330,17 +332,3 @@ def test_dpmpp_2m_never_calls_torch_randn(monkeypatch: pytest.MonkeyPatch) -> No
         oracle(x0, schedule), x_T, ddim_timesteps(1000, 10), context=x0[:, :P], schedule=schedule
     )
     torch.testing.assert_close(out, x0, rtol=1e-8, atol=1e-8)
-
-
-def test_dpmpp_2m_invalid_arguments_raise() -> None:
-    schedule = make_schedule(DiffusionConfig())
-    x_T, context = torch.zeros(SHAPE), torch.zeros(2, P, 2, 4, 4)
-
-    def zero(x: Tensor, t: Tensor, c: Tensor) -> Tensor:
-        return torch.zeros_like(x)
-
-    for timesteps in ([1, 21], [1000, 1], []):
-        with pytest.raises(InputError):
-            sample_dpmpp_2m(zero, x_T, timesteps, context=context, schedule=schedule)
-    with pytest.raises(InputError):
-        sample_dpmpp_2m(zero, x_T, [21, 1], context=torch.zeros(2, P, 2, 4, 5), schedule=schedule)
