@@ -41,7 +41,7 @@ from dydiff_earth.pointwise_metrics import (
     threshold_coord,
     truth_units,
 )
-from dydiff_earth.schema import LEAD_TIME, MEMBER, SYSTEM, THRESHOLD
+from dydiff_earth.schema import INIT_TIME, LEAD_TIME, MEMBER, SYSTEM, THRESHOLD
 
 # The point-by-point metrics moved to pointwise_metrics.py; they stay importable from here.
 __all__ = [
@@ -367,7 +367,8 @@ def score_all(
         thresholds ``csi``, ``pod``, ``far``, ``frequency_bias``, ``ets``, ``fss``, ``brier``,
         ``reliability_*``), named ``<var>_<score>`` when the forecast holds several variables. Dims
         ``lead_time`` plus ``threshold``, ``pool``, ``scale``, ``rank``, ``bin``, ``wavenumber`` where
-        they apply.
+        they apply. With an ``init_time`` dim also ``crps_fair_by_init_time`` (``lead_time, init_time``):
+        the fair CRPS of each case, averaged over space only.
     """
     names = [str(n) for n, v in forecast.data_vars.items() if ensemble_dim in v.dims]
     if not names:
@@ -380,9 +381,12 @@ def score_all(
     )
     out: dict[str, xr.DataArray] = {}
     for name in names:
+        # One fair CRPS per case too, when there are several: confidence intervals resample cases.
+        cases = (CRPS(fair=True, ensemble_dim=ensemble_dim, keep=(INIT_TIME,)),)
+        extra = cases if INIT_TIME in truth[name].dims else ()
         # Every metric returns the same n_points, so compat="override" loses nothing.
         ds = xr.merge(
-            [m.compute(forecast[name], truth[name]) for m in metrics],
+            [m.compute(forecast[name], truth[name]) for m in (*metrics, *extra)],
             compat="override",
             join="exact",
             combine_attrs="override",

@@ -135,17 +135,24 @@ class CRPS:
     the members are drawn from; with one member it reduces to the MAE. ``fair=False``: K = M^2, the CRPS of
     the empirical CDF of the members. Variable ``crps_fair`` or ``crps`` (truth units), dims ``lead_time``.
     Computed by ``scores.probability.crps_for_ensemble``.
+
+    ``keep`` names dims not averaged over, e.g. ``("init_time",)`` for one score per case (what a
+    bootstrap over cases resamples); the variable is then ``crps_fair_by_init_time``.
     """
 
     fair: bool = True
     ensemble_dim: str = MEMBER
+    keep: tuple[str, ...] = ()
 
     def compute(self, forecast: xr.DataArray, truth: xr.DataArray) -> xr.Dataset:
         fc, y, valid = align_and_mask(forecast, truth, self.ensemble_dim)
         # With one member the fair spread term is 0/0 in scores; both forms reduce to |X - y| there.
         method = "fair" if self.fair and fc.sizes[self.ensemble_dim] > 1 else "ecdf"
-        crps = crps_for_ensemble(fc, y, self.ensemble_dim, method=method, reduce_dims=_reduce_dims(y))
+        reduce = [d for d in _reduce_dims(y) if d not in self.keep]
+        crps = crps_for_ensemble(fc, y, self.ensemble_dim, method=method, reduce_dims=reduce)
         name, long_name = ("crps_fair", "fair ensemble CRPS") if self.fair else ("crps", "ensemble CRPS")
+        name += "".join(f"_by_{d}" for d in self.keep)
+        long_name += "".join(f" per {d.replace('_', ' ')}" for d in self.keep)
         return finish({name: named(crps, long_name, truth_units(truth))}, valid)
 
 

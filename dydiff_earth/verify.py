@@ -332,12 +332,12 @@ def _model_systems(
     return systems
 
 
-def training_record(data_source: str, fields: Fields) -> Fields:
+def training_record(data_source: str, fields: Fields, who: str = "baseline 'diurnal' learns from") -> Fields:
     """The frames of ``data_source`` before the held-out ``fields`` (what a baseline may learn from)."""
     first = np.datetime64(fields.times[0], "s")
     if np.datetime64(open_fields(data_source, list(fields.names)).times[0], "s") >= first:
         raise InputError(
-            f"baseline 'diurnal' learns from the record before the held-out period, but {data_source} "
+            f"{who} the record before the held-out period, but {data_source} "
             f"starts at {first}; give a later --time START"
         )
     return open_fields(data_source, list(fields.names), time=f":{first - np.timedelta64(1, 's')}")

@@ -64,6 +64,24 @@ def test_fair_crps_matches_brute_force() -> None:
     np.testing.assert_allclose(got.values, per_point.mean(axis=(0, 2, 3)), rtol=1e-10)
 
 
+def test_crps_by_init_time_matches_brute_force_and_averages_to_the_score() -> None:
+    forecast, truth = make_pair(shape=(3, 2, 4, 5), members=3)
+    truth[0, 1, 2, 3] = np.nan  # one masked point: each case averages over its own valid points
+    x, y = forecast.values, truth.values
+    got = metrics.CRPS(fair=True, keep=(INIT_TIME,)).compute(forecast, truth)["crps_fair_by_init_time"]
+    assert got.dims == (LEAD_TIME, INIT_TIME)
+    for i, lead in np.ndindex(3, 2):
+        per_point = [
+            np.mean(abs(x[:, i, lead, a, b] - y[i, lead, a, b]))
+            - abs(x[:, i, lead, a, b][:, None] - x[:, i, lead, a, b][None]).sum() / (2 * 3 * 2)
+            for a, b in np.ndindex(4, 5)
+            if np.isfinite(y[i, lead, a, b])
+        ]
+        np.testing.assert_allclose(got.values[lead, i], np.mean(per_point), rtol=1e-10)
+    whole = metrics.CRPS(fair=True).compute(forecast.isel({LEAD_TIME: [0]}), truth.isel({LEAD_TIME: [0]}))
+    np.testing.assert_allclose(whole["crps_fair"].values[0], got.values[0].mean(), rtol=1e-10)
+
+
 def test_fair_crps_of_one_member_is_mae() -> None:
     forecast, truth = make_pair(members=1)
     crps = metrics.CRPS(fair=True).compute(forecast, truth)["crps_fair"]
@@ -345,6 +363,7 @@ def test_score_all_names_dims_and_attributes() -> None:
     assert ds["rain_rank_histogram"].dims == (LEAD_TIME, "rank")
     assert ds["rain_reliability_count"].dims == (LEAD_TIME, "threshold", "bin")
     assert ds["rain_power_truth"].dims == (LEAD_TIME, "wavenumber")
+    assert ds["rain_crps_fair_by_init_time"].dims == (LEAD_TIME, INIT_TIME)
     assert ds["rain_crps"].attrs["units"] == "mm" and "long_name" in ds["rain_crps"].attrs
     assert "Ferro" in ds.attrs["references"]
     single = metrics.score_all(forecast.to_dataset(name="rain"), truth.to_dataset(name="rain"))
