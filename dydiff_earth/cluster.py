@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -69,7 +70,16 @@ def client(workers: int | None = None, scheduler: str | None = None) -> Iterator
         with connected:
             yield connected
         return
+    import dask
+
+    # dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in the workers it spawns, which turns off glibc's
+    # dynamic mmap threshold: every large tensor is then mapped and unmapped afresh, and a forecast took
+    # 2.6 x the CPU time of the same forecast in this process (measured, docs/scaling.md). Keep dask's
+    # thread limits, not that (None unsets it, distributed.nanny._get_env_variables). An earlier cluster
+    # of this process may also have left it in os.environ, which workers inherit.
     with (
+        dask.config.set({f"distributed.nanny.pre-spawn-environ.{_TRIM}": None}),
+        _without_environ(_TRIM),
         distributed.LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
@@ -80,6 +90,20 @@ def client(workers: int | None = None, scheduler: str | None = None) -> Iterator
         distributed.Client(cluster, set_as_default=False) as local,
     ):
         yield local
+
+
+_TRIM = "MALLOC_TRIM_THRESHOLD_"
+
+
+@contextlib.contextmanager
+def _without_environ(name: str) -> Iterator[None]:
+    """``name`` out of ``os.environ`` for the duration (restored after)."""
+    saved = os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[name] = saved
 
 
 def map_completed(
@@ -100,7 +124,7 @@ def map_completed(
         return
     distributed = _distributed()
     # pure=False: equal arguments still get a task each (a retried init must run again).
-    futures = {cluster.submit(func, item, pure=False): i for i, item in enumerate(items)}
+    futures = {cluster.submit(_on_worker, func, item, pure=False): i for i, item in enumerate(items)}
     for future in distributed.as_completed(futures, loop=cluster.loop):
         i = futures[future]
         try:
@@ -109,6 +133,18 @@ def map_completed(
             yield i, None, exc
         finally:
             future.release()
+
+
+def _on_worker(func: Callable[[T], R], item: T) -> R:
+    """``func(item)`` with the dask arrays it reads (the lazy input) computed in this task's thread.
+
+    Inside a task dask computes on the cluster's client by default: every read of an input window went
+    back through the scheduler, and the worker ran other tasks while this one waited.
+    """
+    import dask
+
+    with dask.config.set(scheduler="synchronous"):
+        return func(item)
 
 
 def worker_cached(key: Hashable, build: Callable[[], T]) -> T:

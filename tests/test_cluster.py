@@ -146,3 +146,20 @@ def test_cluster_options_are_checked_before_any_work(store: Path, model: Path, t
     )
     result = CliRunner().invoke(app, ["run", str(job), "--workers", "2"])
     assert result.exit_code == 2 and "spread a --backfill" in result.output
+
+
+def _task_environment(_: int) -> tuple[str | None, str]:
+    import os
+
+    import dask.base
+
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_"), str(dask.base.get_scheduler())
+
+
+def test_tasks_read_their_input_in_their_own_thread_without_dask_malloc_trimming() -> None:
+    """Both cost a forecast 2.6 x its CPU time on a worker (docs/scaling.md)."""
+    with cluster.client(workers=1) as local:
+        (_, (trim, scheduler), error), *_ = cluster.map_completed(_task_environment, [0], local)
+    assert error is None
+    assert trim is None
+    assert "synchronous" in scheduler or "get_sync" in scheduler, scheduler
