@@ -137,6 +137,11 @@ def _check(job: JobConfig) -> None:
         format_name(job.format)  # an unknown format is refused with the known ones listed
     if not job.output_pattern.endswith(io.FORECAST_SUFFIXES):
         raise InputError(f"key 'output_pattern' must end in .nc or .zarr, not {job.output_pattern!r}")
+    if Path(job.output_pattern).is_absolute() or ".." in Path(job.output_pattern).parts:
+        raise InputError(
+            f"key 'output_pattern' names files inside output_dir: no '..' and no absolute path, "
+            f"not {job.output_pattern!r}"
+        )
 
 
 def _duration(text: str, key: str) -> pd.Timedelta:
@@ -200,9 +205,30 @@ def _lock(directory: Path) -> Iterator[str | None]:
         os.close(fd)
 
 
+def inside_output_dir(job: JobConfig, path: Path) -> Path:
+    """``path`` if it stays inside the job's output directory once symlinks are followed.
+
+    A job writes and deletes only there: a symlink in the output directory that leads elsewhere (to a
+    system directory, another job's outputs) is refused with an ``InputError``, not followed.
+    """
+    root = Path(job.output_dir).resolve()
+    real = path.resolve()
+    if real != root and root not in real.parents:
+        raise InputError(
+            f"{path} leads outside the job's output_dir {job.output_dir} (to {real}); "
+            "a job writes only inside its output_dir: remove the link"
+        )
+    return path
+
+
 def output_path(job: JobConfig, init: np.datetime64) -> Path:
-    """Where the forecast of ``init`` goes."""
-    return Path(job.output_dir) / pd.Timestamp(init).strftime(job.output_pattern)
+    """Where the forecast of ``init`` goes (inside the output directory, symlinks followed)."""
+    return inside_output_dir(job, Path(job.output_dir) / pd.Timestamp(init).strftime(job.output_pattern))
+
+
+def maps_dir(job: JobConfig, output: Path) -> Path:
+    """Where the maps of ``output`` go (inside the output directory, symlinks followed)."""
+    return inside_output_dir(job, Path(job.output_dir) / "maps" / output.name.rsplit(".", 1)[0])
 
 
 def is_complete(path: Path, init: np.datetime64, members: int, lead_times: int | None = None) -> bool:
@@ -277,8 +303,8 @@ def _retain(job: JobConfig, now: pd.Timestamp) -> list[Path]:
     expired = _expired(job, [when for when, _ in found], now)
     doomed = [p for when, p in found if when in expired]
     for p in doomed:
-        io.remove(p)
-        maps = Path(job.output_dir) / "maps" / p.name.rsplit(".", 1)[0]
+        io.remove(p)  # a link is unlinked, never followed
+        maps = maps_dir(job, p)
         if maps.exists():
             io.remove(maps)
     return doomed
@@ -315,7 +341,7 @@ def _forecast_one(job: JobConfig, init: np.datetime64, inputs: tuple[LoadedModel
         ),
         thresholds=job.thresholds,
         output=out,
-        maps=Path(job.output_dir) / "maps" / out.name.rsplit(".", 1)[0] if job.maps else None,
+        maps=maps_dir(job, out) if job.maps else None,
         map_units=job.map_units or None,
         device=job.device,
         command_line=f"dydiff-earth run (job {job.output_pattern})",

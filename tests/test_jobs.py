@@ -437,6 +437,8 @@ def test_retention_by_age_uses_init_times(tmp_path: Path, model: Path) -> None:
         ({"solver": "euler"}, "key 'solver' must be ddim or dpmpp2m, not 'euler'"),
         ({"precision": "fp16"}, "key 'precision' must be fp32 or bf16, not 'fp16'"),
         ({"output_pattern": "f_%Y.grib"}, "key 'output_pattern' must end in .nc or .zarr"),
+        ({"output_pattern": "../f_%Y%m%dT%H%M.nc"}, "key 'output_pattern' names files inside output_dir"),
+        ({"output_pattern": "/tmp/f_%Y%m%dT%H%M.nc"}, "key 'output_pattern' names files inside output_dir"),
     ],
 )
 def test_a_bad_job_file_exits_2_naming_the_key(
@@ -453,6 +455,39 @@ def test_a_bad_job_file_exits_2_naming_the_key(
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: job.yaml: "), lines
     assert expected in lines[0]
+
+
+@pytest.mark.parametrize("link", ["maps", "output"])
+def test_a_symlink_out_of_the_output_dir_is_refused_not_followed(
+    tmp_path: Path, model: Path, link: str
+) -> None:
+    src, feed, out, elsewhere = source(tmp_path), tmp_path / "feed.zarr", tmp_path / "out", tmp_path / "etc"
+    job = write_job(tmp_path, model, maps=True)
+    jobs.append_frames(src, feed, 2)
+    out.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "passwd").write_text("keep me")
+    if link == "maps":
+        (out / "maps").symlink_to(elsewhere, target_is_directory=True)
+    else:
+        (out / name(1)).symlink_to(elsewhere / "passwd")
+    code, line = run(job, "--now", at(1))
+    assert code == 2 and "leads outside the job's output_dir" in line, line
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["passwd"]
+    assert (elsewhere / "passwd").read_text() == "keep me"
+
+
+def test_retention_unlinks_a_link_and_never_deletes_its_target(tmp_path: Path, model: Path) -> None:
+    out, elsewhere = tmp_path / "out", tmp_path / "etc"
+    job, _ = jobs.load_job(write_job(tmp_path, model, retention=1))
+    out.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "precious.nc").write_text("keep me")
+    (out / name(1)).symlink_to(elsewhere / "precious.nc")
+    (out / name(2)).write_text("x")
+    removed = jobs._retain(job, T0 + 3 * STEP)
+    assert [p.name for p in removed] == [name(1)]
+    assert not (out / name(1)).is_symlink() and (elsewhere / "precious.nc").read_text() == "keep me"
 
 
 def test_a_missing_input_or_checkpoint_exits_2_in_the_log(tmp_path: Path, model: Path) -> None:
