@@ -227,27 +227,38 @@ def _save(
     meta: dict,
     constants: dict[str, torch.Tensor],
 ) -> None:
-    """The forecast checkpoint (EMA weights, the frame's ``constants``, metadata) and, beside it, the
-    state that ``--resume`` needs."""
+    """The state that ``--resume`` needs and, after it, the forecast checkpoint (EMA weights, the
+    frame's ``constants``, metadata).
+
+    The state holds everything a resumed run reads (the EMA too) and is written first, each file
+    atomically: a run killed between the two resumes from the new state, and rewrites the checkpoint.
+    """
     meta = {**meta, "step": step}
-    io.save_checkpoint(output, {**ema.shadow, **constants}, meta)
     state: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in model.state_dict().items()}
+    state.update({f"ema.{k}": v for k, v in ema.shadow.items()})
     for i, pstate in opt.state_dict()["state"].items():
         for name, value in pstate.items():
             state[f"opt.{i}.{name}"] = torch.as_tensor(value)
     state["rng.loss"] = gen.get_state()
     state["rng.torch"] = torch.get_rng_state()
     io.save_checkpoint(_state_path(output), state, {**meta, "kind": "training-state"})
+    io.save_checkpoint(output, {**ema.shadow, **constants}, meta)
 
 
 def _restore(
     output: Path, model: torch.nn.Module, ema: _EMA, opt: torch.optim.Optimizer, gen: torch.Generator
 ) -> int:
-    """Load what :func:`_save` wrote; returns the step to continue from."""
-    weights, meta = io.load_checkpoint(output)
-    state, _ = io.load_checkpoint(_state_path(output))
+    """Load what :func:`_save` wrote; returns the step to continue from (the state's)."""
+    if not _state_path(output).is_file():
+        raise InputError(
+            f"--resume: no checkpoint at {output} to continue from (its training state "
+            f"{_state_path(output).name} is missing)"
+        )
+    state, meta = io.load_checkpoint(_state_path(output))
     model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
-    for k, v in weights.items():
+    # States written before they held the EMA: it is in the checkpoint, saved at the same step.
+    averaged = {k[4:]: v for k, v in state.items() if k.startswith("ema.")} or io.load_checkpoint(output)[0]
+    for k, v in averaged.items():
         if k in ema.shadow:  # the frame's constants are recomputed from the data
             ema.shadow[k].copy_(v)
     opt_state = opt.state_dict()
@@ -378,8 +389,6 @@ def fit(
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed + rank)
     step = 0
     if resume:
-        if not output.is_file():
-            raise InputError(f"--resume: no checkpoint at {output} to continue from")
         step = _restore(output, denoiser, ema, opt, gen)
     model: torch.nn.Module = denoiser
     if world > 1:

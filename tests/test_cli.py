@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -391,3 +393,48 @@ def test_evaluate(forecast_file: tuple[Path, Path], inputs: dict[str, Path], tmp
     assert scores.sizes["lead_time"] == 2
     crps = [n for n in scores.data_vars if str(n).endswith("crps_fair")]
     assert crps and all(np.isfinite(scores[n].values).all() for n in crps)
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    """A file's bytes, or every file of a store by relative path."""
+    if path.is_file():
+        return {"": path.read_bytes()}
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", [".nc", ".zarr"])
+def test_sigkill_while_forecasting_leaves_the_published_output_whole(
+    inputs: dict[str, Path], tmp_path: Path, suffix: str
+) -> None:
+    """A forecast killed at once (SIGKILL) while it writes its output over an existing one: the old
+    output stays byte for byte, and nothing partial is visible."""
+    out = tmp_path / f"x{suffix}"
+    base = ["forecast", "--input", inputs["store"], "--checkpoint", inputs["checkpoint"], "--output", out]
+    first = invoke([*base, *QUICK, "--init-time", "2024-06-01T12:35"])
+    assert first.exit_code == 0, first.output
+    before = _tree(out)
+    listed = listing(tmp_path)
+    # Larger: 8 members, 24 lead times (12 rollout rounds), four probability thresholds.
+    args = [str(a) for a in [*base, "--members", "8", "--sampling-steps", "4", "--lead-times", "24"]]
+    args += ["--thresholds", "0.5,1,2,4", "--quiet"]
+    proc = subprocess.Popen(
+        [str(SCRIPT), *args], env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.DEVNULL
+    )
+    caught_tmp = False
+    deadline = time.monotonic() + 120
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if list(tmp_path.glob(f".x{suffix}.*.tmp")):
+                caught_tmp = True
+                break
+            time.sleep(0.001)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the forecast ended before it was killed; make it slower"
+    assert _tree(out) == before
+    assert not [p for p in listing(tmp_path) - listed if not p.relative_to(tmp_path).parts[0].startswith(".")]
+    if caught_tmp:  # killed mid-write: what it wrote is under a hidden temporary name
+        assert list(tmp_path.glob(f".x{suffix}.*.tmp"))

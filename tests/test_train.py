@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import os
 import pickle
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -141,3 +146,36 @@ def test_torchrun_data_parallel_on_cpu(tmp_path: Path) -> None:
     assert done.stdout.count("wrote") + done.stderr.count("wrote") == 1
     _, meta = io.load_checkpoint(out)
     assert meta["step"] == 2
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_reaches_the_weights_of_an_uninterrupted_run(fields, tmp_path: Path) -> None:
+    """The real console script, killed at once (SIGKILL) mid-run, then ``--resume``: bit-identical on CPU."""
+    script = Path(sys.executable).with_name("dydiff-earth")
+    args = [str(script), "train", "--data", str(fields.source), "--preset", "tiny", "--context", "2"]
+    args += ["--horizon", "2", "--patch", "16", "--batch-size", "2", "--steps", "24", "--lr", "1e-3"]
+    args += ["--checkpoint-every", "1", "--validation-fraction", "0", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    full, killed = tmp_path / "full.safetensors", tmp_path / "killed.safetensors"
+    subprocess.run([*args, "-o", str(full)], env=env, check=True, capture_output=True)
+
+    proc = subprocess.Popen([*args, "-o", str(killed)], env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if killed.is_file() and io.load_checkpoint(killed)[1]["step"] >= 3:
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "training ended before it was killed; make it longer"
+    assert io.load_checkpoint(killed)[1]["step"] < 24
+    subprocess.run([*args, "-o", str(killed), "--resume"], env=env, check=True, capture_output=True)
+    a, meta_a = io.load_checkpoint(full)
+    b, meta_b = io.load_checkpoint(killed)
+    assert meta_b["step"] == 24 and a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert meta_a["train_loss"] == meta_b["train_loss"]
