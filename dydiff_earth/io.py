@@ -35,7 +35,7 @@ def remove(path: Path) -> None:
         path.unlink()
 
 
-def _check_writable(final: Path) -> None:
+def check_writable(final: Path) -> None:
     """Create the output's directory and check that it takes files, before any work is spent on it."""
     existing = next(p for p in (final.parent, *final.parent.parents) if p.exists() or p == Path(p.anchor))
     if existing.exists() and not existing.is_dir():
@@ -102,7 +102,7 @@ def publish(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
     final = Path(path)
     if final.exists() and not overwrite:
         raise InputError(f"{final} exists; choose another output or remove it")
-    _check_writable(final)
+    check_writable(final)
     tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         yield tmp

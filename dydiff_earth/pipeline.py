@@ -178,6 +178,10 @@ def run_forecast(
     from dydiff_earth.train import resolve_device
 
     start = time.perf_counter()
+    # Where the results go is checked before any sampling is spent on them.
+    io.check_writable(Path(request.output))
+    if request.maps is not None:
+        io.check_writable(Path(request.maps))
     devices = None
     if request.devices is not None:
         from dydiff_earth.devices import MultiDeviceForecaster, parse_devices

@@ -370,6 +370,7 @@ def fit(
         # The training stores' mean change by time of day (normalised units), shipped in the checkpoint.
         change = np.mean([diurnal.mean_change(f) for f in stores], axis=0).astype(np.float32)
     dev = resolve_device(device)
+    io.check_writable(output)  # before any training is spent on it
     rank, world = _distributed()
     if world > 1 and dev.type == "cuda" and dev.index is None:
         # torchrun starts one process per GPU of a node: each takes the GPU of its local rank.

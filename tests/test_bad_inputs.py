@@ -307,3 +307,34 @@ def test_unknown_job_key(files: dict[str, Path], tmp_path: Path, monkeypatch: py
     assert result.exit_code == 2 and len(text.splitlines()) == 1, text
     assert "memebrs" in text and "Traceback" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml"]
+
+
+def test_an_unwritable_output_is_refused_before_any_work(files: dict[str, Path], tmp_path: Path) -> None:
+    """Neither a training step nor a sampling step is spent on results that could not be written."""
+    from dydiff_earth import config, pipeline
+    from dydiff_earth.data import open_fields
+    from dydiff_earth.errors import InputError
+    from dydiff_earth.train import fit
+
+    (tmp_path / "blocker").write_text("a file where a directory should be")
+    steps: list[int] = []
+    cfg = config.TrainConfig(context=2, horizon=2, patch=8, batch_size=1, steps=1)
+    with pytest.raises(InputError, match="blocker"):
+        fit(
+            open_fields(files["good"]),
+            config.preset("tiny"),
+            config.DiffusionConfig(),
+            cfg,
+            tmp_path / "blocker" / "m.safetensors",
+            progress=lambda step, *_: steps.append(step),
+        )
+    request = pipeline.ForecastRequest(
+        input=str(files["good"]),
+        checkpoint=str(files["checkpoint"]),
+        output=tmp_path / "blocker" / "f.nc",
+        forecast=config.ForecastConfig(members=2, sampling_steps=2),
+        maps=None,
+    )
+    with pytest.raises(InputError, match="blocker"):
+        pipeline.run_forecast(request, progress=lambda *a: steps.append(0))
+    assert steps == []
