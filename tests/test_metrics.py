@@ -396,3 +396,52 @@ def test_combine_systems_stacks_along_system() -> None:
     assert both["crps"].dims == (SYSTEM, LEAD_TIME)
     assert bool(both["csi"].sel({SYSTEM: "zero"}).isnull().all())
     xr.testing.assert_allclose(both["crps"].sel({SYSTEM: "dydiff"}, drop=True), model["crps"])
+
+
+# ---- fuzzing ----------------------------------------------------------------------------------------------
+
+
+@st.composite
+def _pairs(draw: st.DrawFn) -> tuple[xr.DataArray, xr.DataArray]:
+    """Forecast and truth of any small shape, dtype and NaN pattern (whole lead times masked included)."""
+    m, n, lead, ny, nx = (draw(st.integers(lo, hi)) for lo, hi in ((1, 4), (1, 3), (1, 3), (2, 6), (2, 6)))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    elements = st.floats(0, 40, allow_nan=False, width=32)
+    forecast = draw(arrays(np.float64, (m, n, lead, ny, nx), elements=elements)).astype(dtype)
+    truth = draw(arrays(np.float64, (n, lead, ny, nx), elements=elements)).astype(dtype)
+    forecast[draw(arrays(bool, forecast.shape))] = np.nan
+    truth[draw(arrays(bool, truth.shape))] = np.nan
+    coords = {LEAD_TIME: np.arange(lead), INIT_TIME: np.arange(n)}
+    return (
+        xr.DataArray(forecast, dims=(MEMBER, *DIMS), coords=coords, attrs={"units": "mm"}),
+        xr.DataArray(truth, dims=DIMS, coords=coords, attrs={"units": "mm"}),
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(_pairs())
+def test_score_all_on_any_shape_and_nan_pattern(pair: tuple[xr.DataArray, xr.DataArray]) -> None:
+    """Every score per lead time, verified exactly where truth and all members are finite: NaN where no
+    point is, finite and within its bounds elsewhere."""
+    forecast, truth = pair
+    ds = metrics.score_all(
+        forecast.to_dataset(name="r"),
+        truth.to_dataset(name="r"),
+        thresholds=(1.0,),
+        pools=(1, 2),
+        fss_windows=(2,),
+    )
+    valid = (truth.notnull() & forecast.notnull().all(MEMBER)).sum(("init_time", "y", "x"))
+    np.testing.assert_array_equal(ds["n_points"].values, valid.values)
+    assert ds["crps_fair"].dims == (LEAD_TIME,) and ds["crps_fair_by_init_time"].dims == (
+        LEAD_TIME,
+        INIT_TIME,
+    )
+    scored = valid.values > 0
+    for name in ("crps", "rmse", "mae"):
+        assert (ds[name].values[scored] >= 0).all() and np.isnan(ds[name].values[~scored]).all(), name
+    assert np.isfinite(ds["crps_fair"].values[scored]).all()
+    csi = ds["csi"].values
+    assert ((csi >= 0) & (csi <= 1) | np.isnan(csi)).all()
+    brier = ds["brier"].values[scored]
+    assert ((brier >= 0) & (brier <= 1)).all()

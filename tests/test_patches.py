@@ -8,6 +8,9 @@ import pandas as pd
 import pytest
 import torch
 import xarray as xr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from torch.utils.data import DataLoader
 
 from dydiff_earth import io
@@ -270,3 +273,52 @@ def test_motion_stream_rain_weighting_prefers_rain(fields: Fields) -> None:
     plain = DepartureWindowStream(fields, 2, 2, 6, seed=3, augment=False)
     weighted = DepartureWindowStream(fields, 2, 2, 6, seed=3, augment=False, rain_weighted=True)
     assert wet(weighted) > 1.2 * wet(plain), (wet(weighted), wet(plain))
+
+
+# ------------------------------------------------------------------------------------- fuzzing the stream
+
+
+@st.composite
+def _records(draw: st.DrawFn) -> tuple[xr.Dataset, int, int, int]:
+    """Small records of any grid, NaN pattern, gaps and dtype, with a window and crop that may not fit."""
+    nt, ny, nx = draw(st.integers(2, 8)), draw(st.integers(2, 6)), draw(st.integers(2, 6))
+    steps = draw(st.lists(st.sampled_from([5, 5, 5, 15]), min_size=nt - 1, max_size=nt - 1))
+    times = np.datetime64("2020-01-01T00:00") + np.cumsum([0, *steps]).astype("timedelta64[m]")
+    values = draw(arrays(np.float64, (nt, ny, nx), elements=st.floats(0, 30, allow_nan=False)))
+    values[draw(arrays(bool, (nt, ny, nx)))] = np.nan
+    values[0, 0, 0] = 1.0  # at least one valid value: an all-NaN record is refused when opened
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    ds = xr.Dataset(
+        {"precip": (("time", "y", "x"), values.astype(dtype), {"units": "mm h-1"})},
+        coords={"time": times, "y": np.arange(ny) * 1e3, "x": np.arange(nx) * 1e3},
+    )
+    context, horizon, patch = draw(st.integers(1, 3)), draw(st.integers(0, 3)), draw(st.integers(0, 7))
+    return ds, context, horizon, patch
+
+
+@settings(max_examples=40, deadline=None)
+@given(_records())
+def test_window_stream_documented_errors_or_samples_of_the_right_shape(
+    case: tuple[xr.Dataset, int, int, int],
+) -> None:
+    """Any record and window: an `InputError`, or finite frames of the window's shape whose validity
+    mask is exactly where the record is finite, from one contiguous segment."""
+    import tempfile
+
+    ds, context, horizon, patch = case
+    with tempfile.TemporaryDirectory() as tmp:
+        io.write_zarr(ds, Path(tmp) / "r.zarr")
+        try:
+            stream = WindowStream(open_fields(Path(tmp) / "r.zarr"), context, horizon, patch, seed=3)
+        except InputError:
+            return
+        window = context + horizon
+        for i in range(3):
+            s = stream.sample(i)
+            assert s["frames"].shape == (window, 1, patch, patch) and s["frames"].dtype == torch.float32
+            assert torch.isfinite(s["frames"]).all()
+            raw = ds["precip"].values[s["start"] : s["start"] + window, s["y0"] : s["y0"] + patch]
+            raw = raw[:, :, s["x0"] : s["x0"] + patch]
+            np.testing.assert_array_equal(s["valid"][:, 0].numpy() == 1, np.isfinite(raw))
+            gaps = np.diff(ds["time"].values[s["start"] : s["start"] + window])
+            assert (gaps == np.timedelta64(5, "m")).all()
