@@ -31,7 +31,7 @@ from dydiff_earth.config import (
 from dydiff_earth.data import Fields, VariableSpec, canonical_units, denormalize, describe_step, load_frames
 from dydiff_earth.diffusion import Denoiser, Schedule, make_schedule
 from dydiff_earth.errors import InputError
-from dydiff_earth.model import ConditionedDenoiser
+from dydiff_earth.model import ConditionedDenoiser, channels_last
 from dydiff_earth.patches import blend_weight, tiles, window_motion
 from dydiff_earth.sampling import ddim_timesteps, sample_ddim, sample_dpmpp_2m
 
@@ -213,6 +213,11 @@ def load_model(name_or_path: str | Path, device: torch.device | str = "cpu") -> 
             f"{path}: checkpoint does not match this version's model ({_first_line(exc)})"
         ) from None
     denoiser.to(device).eval()
+    if torch.device(device).type == "cpu":
+        # Measured on the radar model, whole 160 x 192 domain, one thread (2026-12-02): a network call
+        # takes 1.1-1.2 x less time in float32 and 1.3-1.5 x less in bfloat16 with the 2-D convolutions'
+        # weights channels-last (oneDNN's preferred layout); outputs differ by 5e-6 in float32.
+        channels_last(denoiser)
     return LoadedModel(
         denoiser=denoiser,
         schedule=make_schedule(diff_cfg),

@@ -360,4 +360,13 @@ class ConditionedDenoiser(nn.Module):
         return self.net(torch.cat(inputs, dim=2), t)
 
 
-__all__ = ["ConditionedDenoiser", "VideoUNet", "sinusoidal_embedding"]
+def channels_last(module: nn.Module) -> nn.Module:
+    """Store the weights of every 2-D convolution in ``module`` channels-last (the temporal Conv3d
+    weights keep their layout); the numbers stay those of the network, up to rounding."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            m.to(memory_format=torch.channels_last)
+    return module
+
+
+__all__ = ["ConditionedDenoiser", "VideoUNet", "channels_last", "sinusoidal_embedding"]

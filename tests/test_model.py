@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from dydiff_earth.config import DiffusionConfig, preset
 from dydiff_earth.diffusion import diffusion_loss, make_schedule
 from dydiff_earth.errors import InputError
-from dydiff_earth.model import ConditionedDenoiser, VideoUNet
+from dydiff_earth.model import ConditionedDenoiser, VideoUNet, channels_last
 
 
 def count(module: nn.Module) -> int:
@@ -162,3 +162,17 @@ def test_space_to_depth_stem_and_condition_channels() -> None:
         net(x, torch.tensor([500]), x[:, :2])
     with pytest.raises(InputError, match="divisible by 16"):
         net(window(1, 4, 1, 24, 48), torch.tensor([500]), x[:, :2, :, :24], None, cond[..., :24, :])
+
+
+def test_channels_last_weights_change_only_the_rounding() -> None:
+    torch.manual_seed(0)
+    net = ConditionedDenoiser(preset("radar"), channels=1, context=2, condition_channels=1).eval()
+    randomise_zero_layers(net)
+    x, cond = window(1, 4, 1, 32, 48), torch.randn(1, 1, 32, 48)
+    with torch.no_grad():
+        before = net(x, torch.tensor([500]), x[:, :2], None, cond)
+        channels_last(net)
+        after = net(x, torch.tensor([500]), x[:, :2], None, cond)
+    conv = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
