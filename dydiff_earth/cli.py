@@ -66,6 +66,15 @@ Scheduler = Annotated[
 ]
 
 
+#: Training options that ``train`` and ``study`` share.
+Preset = Annotated[str, typer.Option(help="model: tiny, radar, small or paper")]
+Context = Annotated[int, typer.Option(help="context frames P")]
+Horizon = Annotated[int, typer.Option(help="target frames L")]
+Patch = Annotated[int, typer.Option(help="square crop size in grid points")]
+BatchSize = Annotated[int, typer.Option(help="windows per step")]
+LearningRate = Annotated[float, typer.Option(help="AdamW learning rate")]
+
+
 def _floats(text: str | None, option: str) -> tuple[float, ...]:
     try:
         return tuple(float(s) for s in _split(text) or [])
@@ -177,7 +186,7 @@ def train(
         "model.safetensors"
     ),
     variables: Annotated[str | None, typer.Option(help="comma-separated variables (default: all)")] = None,
-    preset: Annotated[str, typer.Option(help="model: tiny, radar, small or paper")] = "small",
+    preset: Preset = "small",
     frame: Annotated[
         str,
         typer.Option(
@@ -192,12 +201,12 @@ def train(
             "cos_longitude, land, sin_solar_hour, cos_solar_hour, sin_day_of_year, cos_day_of_year"
         ),
     ] = "auto",
-    context: Annotated[int, typer.Option(help="context frames P")] = 4,
-    horizon: Annotated[int, typer.Option(help="target frames L")] = 6,
-    patch: Annotated[int, typer.Option(help="square crop size in grid points")] = 32,
-    batch_size: Annotated[int, typer.Option(help="windows per step")] = 8,
+    context: Context = 4,
+    horizon: Horizon = 6,
+    patch: Patch = 32,
+    batch_size: BatchSize = 8,
     steps: Annotated[int, typer.Option(help="optimiser steps")] = 1000,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate")] = 2e-4,
+    lr: LearningRate = 2e-4,
     gamma_ratio: Annotated[float, typer.Option(help="DyDiff gamma ratio r; 0 is plain diffusion")] = 0.5,
     loss: Annotated[str, typer.Option(help="unmixed (default) or mixed (the reference's)")] = "unmixed",
     target_weight: Annotated[float, typer.Option(help="loss weight of target vs context frames")] = 1.0,
@@ -585,12 +594,12 @@ def study(
     seeds: Annotated[int, typer.Option(help="training runs per setting")] = 3,
     steps: Annotated[int, typer.Option(help="optimiser steps per model")] = 1000,
     curve_every: Annotated[int, typer.Option(help="steps between learning-curve points")] = 250,
-    preset: Annotated[str, typer.Option(help="model: tiny, radar, small or paper")] = "radar",
-    context: Annotated[int, typer.Option(help="context frames P")] = 4,
-    horizon: Annotated[int, typer.Option(help="target frames L")] = 6,
-    patch: Annotated[int, typer.Option(help="square crop size in grid points")] = 64,
-    batch_size: Annotated[int, typer.Option(help="windows per step")] = 8,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate")] = 2e-4,
+    preset: Preset = "radar",
+    context: Context = 4,
+    horizon: Horizon = 6,
+    patch: Patch = 64,
+    batch_size: BatchSize = 8,
+    lr: LearningRate = 2e-4,
     inits: Annotated[int, typer.Option(help="held-out init times of the final scores")] = 16,
     curve_inits: Annotated[int, typer.Option(help="init times of each learning-curve point")] = 4,
     members: Annotated[int, typer.Option(help="ensemble members")] = 8,

@@ -12,13 +12,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
+from _processes import sigkill_when
 from typer.testing import CliRunner
 
 from dydiff_earth import io
@@ -421,18 +421,7 @@ def test_sigkill_while_forecasting_leaves_the_published_output_whole(
     proc = subprocess.Popen(
         [str(SCRIPT), *args], env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.DEVNULL
     )
-    caught_tmp = False
-    deadline = time.monotonic() + 120
-    try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            if list(tmp_path.glob(f".x{suffix}.*.tmp")):
-                caught_tmp = True
-                break
-            time.sleep(0.001)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    caught_tmp = sigkill_when(proc, lambda: bool(list(tmp_path.glob(f".x{suffix}.*.tmp"))))
     assert proc.returncode == -signal.SIGKILL, "the forecast ended before it was killed; make it slower"
     assert _tree(out) == before
     assert not [p for p in listing(tmp_path) - listed if not p.relative_to(tmp_path).parts[0].startswith(".")]

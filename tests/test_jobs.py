@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +22,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 import yaml
+from _processes import sigkill_when
 from typer.testing import CliRunner
 
 from dydiff_earth import io, jobs, schema, testing
@@ -257,19 +257,10 @@ def test_sigkill_while_writing_leaves_no_partial_output(tmp_path: Path, model: P
         stderr=subprocess.DEVNULL,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-    caught_tmp = False
-    deadline = time.monotonic() + 120
-    try:
-        # Kill at the first sight of a temporary (mid-write) once one output has landed.
-        while proc.poll() is None and time.monotonic() < deadline:
-            if list(out.glob("forecast_*")) and list(out.glob(".forecast_*.tmp")):
-                caught_tmp = True
-                break
-            time.sleep(0.002)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    # Kill at the first sight of a temporary (mid-write) once one output has landed.
+    caught_tmp = sigkill_when(
+        proc, lambda: bool(list(out.glob("forecast_*")) and list(out.glob(".forecast_*.tmp")))
+    )
     assert proc.returncode == -signal.SIGKILL, "the run ended before it was killed; make it slower"
     visible = sorted(out.glob("forecast_*"))
     assert visible, "killed before any output"

@@ -5,12 +5,12 @@ import pickle
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _processes import sigkill_when
 
 from dydiff_earth import io, testing
 from dydiff_earth.config import DiffusionConfig, TrainConfig, preset
@@ -160,16 +160,7 @@ def test_sigkill_then_resume_reaches_the_weights_of_an_uninterrupted_run(fields,
     subprocess.run([*args, "-o", str(full)], env=env, check=True, capture_output=True)
 
     proc = subprocess.Popen([*args, "-o", str(killed)], env=env, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            if killed.is_file() and io.load_checkpoint(killed)[1]["step"] >= 3:
-                break
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    sigkill_when(proc, lambda: killed.is_file() and io.load_checkpoint(killed)[1]["step"] >= 3)
     assert proc.returncode == -signal.SIGKILL, "training ended before it was killed; make it longer"
     assert io.load_checkpoint(killed)[1]["step"] < 24
     subprocess.run([*args, "-o", str(killed), "--resume"], env=env, check=True, capture_output=True)
