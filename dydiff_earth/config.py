@@ -72,7 +72,8 @@ class TrainConfig:
     #: fields of the grid and init time given to the network (:mod:`dydiff_earth.covariates`); None: all
     #: of them for the persistence frame on a geographic grid, none otherwise
     covariates: tuple[str, ...] | None = None
-    #: train on the 8 rotations and flips of each window (departure frames without covariates only)
+    #: train on the 8 rotations and flips of each window (departure frames of one variable without
+    #: covariates only: the components of a vector field, such as u and v, do not turn with the grid)
     augment: bool = True
     #: keep a copy of the forecast weights every this many steps (0: never), for learning curves
     snapshot_every: int = 0

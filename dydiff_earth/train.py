@@ -302,7 +302,8 @@ def training_streams(
                     cfg.context,
                     cfg.horizon,
                     cfg.patch,
-                    augment=cfg.augment and train and not covariate_names,
+                    # The components of a vector field (u, v) do not turn with the grid: one variable only.
+                    augment=cfg.augment and train and not covariate_names and len(f.variables) == 1,
                     frame=frame,
                     covariates=covariates.Covariates(f, covariate_names) if covariate_names else None,
                     diurnal_change=diurnal_change,

@@ -170,3 +170,17 @@ def test_sigkill_then_resume_reaches_the_weights_of_an_uninterrupted_run(fields,
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert meta_a["train_loss"] == meta_b["train_loss"]
+
+
+def test_vector_fields_are_not_rotated(fields, tmp_path: Path) -> None:
+    """Rotations and flips turn the grid but not the components of (u, v): only one variable is augmented."""
+    from dydiff_earth import synthetic
+    from dydiff_earth.data import window_starts
+    from dydiff_earth.train import training_streams
+
+    store = io.write_zarr(synthetic.turbulence(sequences=1, frames=12, size=16), tmp_path / "uv.zarr")
+    velocity = open_fields(store)
+    cfg = TrainConfig(context=2, horizon=2, patch=16)
+    for f, expected in ((fields, True), (velocity, False)):
+        stream, _ = training_streams([f], cfg, "persistence", [window_starts(f, 4)], seed=0)
+        assert stream.augment is expected, f.names
