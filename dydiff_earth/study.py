@@ -321,6 +321,8 @@ def aggregate(study: GammaStudy, scores: xr.Dataset, curve: dict[int, dict], tra
     """The study's numbers from the final skill run's scores and the learning curve's summaries."""
     cases = _mean_over_variables(scores, CASE_SCORE)
     cases = cases.transpose(schema.SYSTEM, schema.INIT_TIME, schema.LEAD_TIME)
+    # A case without a verified point at some lead (an outage in the truth) has no score to resample.
+    cases = cases.isel({schema.INIT_TIME: np.isfinite(cases.values).all(axis=(0, 2))})
     rmse = _mean_over_variables(scores, "rmse")
     ssr = _mean_over_variables(scores, "ssr")
     per_setting = {}
@@ -366,7 +368,7 @@ def aggregate(study: GammaStudy, scores: xr.Dataset, curve: dict[int, dict], tra
         "spec": study.spec(),
         "steps": trained_steps,
         "reference": reference,
-        "init_times": [str(t)[:19] for t in scores[schema.INIT_TIME].values],
+        "init_times": [str(t)[:19] for t in cases[schema.INIT_TIME].values],
         "lead_times_minutes": [float(x) for x in scores[schema.LEAD_TIME].values / np.timedelta64(1, "m")],
         "settings": rows,
         "persistence": {"crps_fair": float(persistence.mean()), "crps_fair_by_lead": persistence.tolist()},
