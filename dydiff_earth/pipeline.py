@@ -178,10 +178,6 @@ def run_forecast(
     from dydiff_earth.train import resolve_device
 
     start = time.perf_counter()
-    # Where the results go is checked before any sampling is spent on them.
-    io.check_writable(Path(request.output))
-    if request.maps is not None:
-        io.check_writable(Path(request.maps))
     devices = None
     if request.devices is not None:
         from dydiff_earth.devices import MultiDeviceForecaster, parse_devices
@@ -193,6 +189,10 @@ def run_forecast(
             source = request.input if request.input is not None else _demo_input(Path(work))
             inputs = open_inputs(request, source, device)
         model, fields = inputs
+        # Where the results go is checked once the inputs are known good, before any sampling.
+        io.check_writable(Path(request.output))
+        if request.maps is not None:
+            io.check_writable(Path(request.maps))
         lead_times = request.lead_times or model.horizon
         forecaster = (
             MultiDeviceForecaster(model, request.forecast, devices=devices, progress=progress)
