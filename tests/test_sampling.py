@@ -162,22 +162,29 @@ def brute_force_ddim(
     return x
 
 
-@pytest.mark.parametrize("gamma_ratio", [0.0, 0.5])
-def test_sampler_matches_brute_force_with_a_nonlinear_denoiser(gamma_ratio: float) -> None:
-    schedule = make_schedule(DiffusionConfig(gamma_ratio=gamma_ratio))
-    g = torch.Generator().manual_seed(3)
-    x_T, context = (
+def _start_and_context(seed: int) -> tuple[Tensor, Tensor]:
+    """Float64 start noise and context for the brute-force solver checks."""
+    g = torch.Generator().manual_seed(seed)
+    return (
         torch.randn(SHAPE, generator=g, dtype=torch.float64),
         torch.randn(2, P, 2, 4, 4, generator=g, dtype=torch.float64),
     )
 
-    def denoise(x: Tensor, t: Tensor, c: Tensor) -> Tensor:
-        return torch.tanh(x) + 1e-3 * t.double()[:, None, None, None, None] * c.mean()
+
+def _nonlinear(x: Tensor, t: Tensor, c: Tensor) -> Tensor:
+    """A nonlinear denoiser that also reads the step and the context."""
+    return torch.tanh(x) + 1e-3 * t.double()[:, None, None, None, None] * c.mean()
+
+
+@pytest.mark.parametrize("gamma_ratio", [0.0, 0.5])
+def test_sampler_matches_brute_force_with_a_nonlinear_denoiser(gamma_ratio: float) -> None:
+    schedule = make_schedule(DiffusionConfig(gamma_ratio=gamma_ratio))
+    x_T, context = _start_and_context(3)
 
     timesteps = ddim_timesteps(1000, 5)
-    got = sample_ddim(denoise, x_T, timesteps, context=context, schedule=schedule, anchor=False)
+    got = sample_ddim(_nonlinear, x_T, timesteps, context=context, schedule=schedule, anchor=False)
     torch.testing.assert_close(
-        got, brute_force_ddim(denoise, x_T, timesteps, context, schedule), rtol=1e-9, atol=1e-9
+        got, brute_force_ddim(_nonlinear, x_T, timesteps, context, schedule), rtol=1e-9, atol=1e-9
     )
 
 
@@ -300,20 +307,13 @@ def brute_force_dpmpp_2m(
 @pytest.mark.parametrize("spacing", ["leading", "trailing"])
 def test_dpmpp_2m_matches_brute_force_with_a_nonlinear_denoiser(gamma_ratio: float, spacing: str) -> None:
     schedule = make_schedule(DiffusionConfig(gamma_ratio=gamma_ratio))
-    g = torch.Generator().manual_seed(5)
-    x_T, context = (
-        torch.randn(SHAPE, generator=g, dtype=torch.float64),
-        torch.randn(2, P, 2, 4, 4, generator=g, dtype=torch.float64),
-    )
-
-    def denoise(x: Tensor, t: Tensor, c: Tensor) -> Tensor:
-        return torch.tanh(x) + 1e-3 * t.double()[:, None, None, None, None] * c.mean()
+    x_T, context = _start_and_context(5)
 
     timesteps = ddim_timesteps(1000, 6, spacing)  # type: ignore[arg-type]
-    got = sample_dpmpp_2m(denoise, x_T, timesteps, context=context, schedule=schedule, anchor=False)
-    want = brute_force_dpmpp_2m(denoise, x_T, timesteps, context, schedule)
+    got = sample_dpmpp_2m(_nonlinear, x_T, timesteps, context=context, schedule=schedule, anchor=False)
+    want = brute_force_dpmpp_2m(_nonlinear, x_T, timesteps, context, schedule)
     torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-7)
-    ddim = sample_ddim(denoise, x_T, timesteps, context=context, schedule=schedule, anchor=False)
+    ddim = sample_ddim(_nonlinear, x_T, timesteps, context=context, schedule=schedule, anchor=False)
     assert (got - ddim).abs().max() > 1e-4  # the second-order correction is not a no-op
 
 
