@@ -8,6 +8,7 @@ import errno
 import os
 import shutil
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,15 +128,44 @@ def publish(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
             remove(tmp)
 
 
-def write_zarr(ds: xr.Dataset, path: str | Path, *, encoding: dict | None = None) -> Path:
-    """Write ``ds`` as a zarr format 3 store, published atomically.
+# Consolidated metadata: every store written here also holds the metadata of all its arrays in its root
+# zarr.json, so that one read sees one version of the store. Read array by array, a store grown by an
+# append to a clone swapped in whole (feeds, radar ingest) can show a reader the old store's ``precip``
+# and the new one's ``time``, which disagree in length. xarray reads consolidated metadata by default,
+# so ``xr.open_zarr(path)`` gets the same guarantee (and no warning). zarr 3 warns that it is not yet
+# part of the v3 specification; xarray and the cloud archives rely on it.
+_CONSOLIDATION_WARNINGS = (
+    "Consolidated metadata is currently not part",  # zarr, on every write
+    "Failed to open Zarr store with consolidated metadata",  # xarray, reading a store without it
+)
 
-    Metadata is not consolidated: zarr 3 warns that consolidated metadata is not part of the v3
-    spec, and a local store is cheap to list.
-    """
+
+@contextlib.contextmanager
+def consolidation_quiet() -> Iterator[None]:
+    """Inside the block, zarr and xarray do not warn about consolidated metadata (see above)."""
+    with warnings.catch_warnings():
+        for message in _CONSOLIDATION_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        yield
+
+
+def to_zarr(ds: xr.Dataset, target: str | Path, **kwargs) -> None:
+    """``ds.to_zarr(target, **kwargs)`` in zarr format 3 with consolidated metadata (on appends too)."""
+    with consolidation_quiet():
+        ds.to_zarr(target, zarr_format=3, consolidated=True, **kwargs)
+
+
+def open_zarr(path: str | Path, **kwargs) -> xr.Dataset:
+    """``xr.open_zarr``: from the consolidated metadata where the store has it, else array by array."""
+    with consolidation_quiet():
+        return xr.open_zarr(path, consolidated=None, **kwargs)
+
+
+def write_zarr(ds: xr.Dataset, path: str | Path, *, encoding: dict | None = None) -> Path:
+    """Write ``ds`` as a zarr format 3 store with consolidated metadata, published atomically."""
     final = Path(path)
     with publish(final) as tmp:
-        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, encoding=encoding or {})
+        to_zarr(ds, tmp, mode="w", encoding=encoding or {})
     return final
 
 
@@ -243,7 +273,7 @@ def open_forecast(path: str | Path) -> xr.Dataset:
         raise InputError(f"forecast {p} not found")
     try:
         if p.suffix == ".zarr" or p.is_dir():
-            return xr.open_zarr(p, consolidated=False, decode_timedelta=True)
+            return open_zarr(p, decode_timedelta=True)
         return xr.open_dataset(p, decode_timedelta=True, chunks={})
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

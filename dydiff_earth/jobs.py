@@ -607,8 +607,6 @@ def append_frames(source: str | Path, store: str | Path, frames: int = 1) -> Fee
     The first call creates the store (atomically); later calls append the source's frames after the
     store's newest time along time, as a radar ingest would.
     """
-    import xarray as xr
-
     from dydiff_earth.data import NORMALISATION_ATTR, open_fields
 
     if frames < 1:
@@ -623,7 +621,7 @@ def append_frames(source: str | Path, store: str | Path, frames: int = 1) -> Fee
     if target.exists():
         # Not open_fields: a store of one frame is a valid feed, just too short to forecast from.
         try:
-            with xr.open_zarr(target, consolidated=False) as current:
+            with io.open_zarr(target) as current:
                 have, last = current.sizes[tdim], current[tdim].values[-1]
         except (OSError, ValueError, KeyError) as exc:
             raise InputError(
@@ -648,5 +646,5 @@ def append_frames(source: str | Path, store: str | Path, frames: int = 1) -> Fee
         chunk = chunk.drop_vars([n for n, v in chunk.variables.items() if tdim not in v.dims])
         with io.publish(target) as tmp:
             io.link_tree(target, tmp)
-            chunk.to_zarr(tmp, append_dim=tdim, mode="a", zarr_format=3, consolidated=False)
+            io.to_zarr(chunk, tmp, append_dim=tdim, mode="a")
     return FeedState(added, have + added, _iso(chunk[tdim].values[-1]))

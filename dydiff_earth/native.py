@@ -436,7 +436,7 @@ class _Store:
         if not path.exists():
             return None
         try:
-            with xr.open_zarr(path, consolidated=False) as ds:
+            with io.open_zarr(path) as ds:
                 return cls(
                     pd.DatetimeIndex(ds["time"].values),
                     ds["y"].values,
@@ -581,13 +581,13 @@ def _write(ds: xr.Dataset, target: Path, *, append: bool) -> None:
     """Write or append one batch: one frame per chunk, times in seconds since 1970 (exact on appends)."""
     if append:
         ds = ds.drop_vars([n for n, v in ds.variables.items() if "time" not in v.dims])
-        ds.to_zarr(target, append_dim="time", mode="a", zarr_format=3, consolidated=False)
+        io.to_zarr(ds, target, append_dim="time", mode="a")
         return
     encoding = {
         "time": _TIME_ENCODING,
         VARIABLE: {"dtype": "float32", "chunks": (1, ds.sizes["y"], ds.sizes["x"])},
     }
-    ds.to_zarr(target, mode="w", zarr_format=3, consolidated=False, encoding=encoding)
+    io.to_zarr(ds, target, mode="w", encoding=encoding)
 
 
 def ingest(

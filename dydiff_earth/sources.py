@@ -22,7 +22,7 @@ from typing import Literal
 import numpy as np
 import xarray as xr
 
-from dydiff_earth import schema
+from dydiff_earth import io, schema
 from dydiff_earth.errors import InputError, MissingVariableError
 
 _ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")
@@ -144,8 +144,9 @@ def _open_raw(paths: list[Path | str], chunks: dict[str, int] | None) -> xr.Data
     fmt = formats.pop()
     if any(is_url(p) for p in paths):
         return _open_remote([str(p) for p in paths], chunks or {})
-    # zarr: local stores are cheap to list, and asking for consolidated metadata makes zarr 3 warn.
-    kwargs: dict = {"engine": "zarr", "consolidated": False} if fmt == "zarr" else {}
+    # zarr: consolidated metadata where the store has it (one version of a store being appended to,
+    # see `io.consolidation_quiet`), else array by array.
+    kwargs: dict = {"engine": "zarr", "consolidated": None} if fmt == "zarr" else {}
     what = str(paths[0]) if len(paths) == 1 else f"{len(paths)} files ({paths[0]}, ...)"
     if chunks is None and fmt == "netcdf":
         with reading(what), xr.open_dataset(paths[0], chunks=None) as peek:
@@ -153,20 +154,21 @@ def _open_raw(paths: list[Path | str], chunks: dict[str, int] | None) -> xr.Data
     elif chunks is None:
         chunks = {}
     try:
-        if len(paths) == 1:
-            return xr.open_dataset(paths[0], chunks=chunks, **kwargs)
-        # Explicit combine options: concatenate along time only, take everything else from the first
-        # file, and insist on identical grids (xarray's defaults for these are changing).
-        return xr.open_mfdataset(
-            paths,
-            chunks=chunks,
-            combine="by_coords",
-            data_vars="minimal",
-            coords="minimal",
-            compat="override",
-            join="exact",
-            **kwargs,
-        )
+        with io.consolidation_quiet():
+            if len(paths) == 1:
+                return xr.open_dataset(paths[0], chunks=chunks, **kwargs)
+            # Explicit combine options: concatenate along time only, take everything else from the first
+            # file, and insist on identical grids (xarray's defaults for these are changing).
+            return xr.open_mfdataset(
+                paths,
+                chunks=chunks,
+                combine="by_coords",
+                data_vars="minimal",
+                coords="minimal",
+                compat="override",
+                join="exact",
+                **kwargs,
+            )
     except (InputError, MemoryError):
         raise
     except Exception as err:

@@ -15,15 +15,16 @@ import xarray as xr
 def reading(store: Path, var: str = "precip") -> Iterator[tuple[list[int], list[str]]]:
     """While the body runs, read ``store`` again and again; yields (time lengths seen, failures).
 
-    A read fails when the time coordinate and ``var`` disagree in length or the newest frame of ``var`` is
-    all NaN (chunks not written yet, read as fill values).
+    It opens the store as a user would (``xr.open_zarr(store)``: consolidated metadata where there is
+    some). A read fails when the time coordinate and ``var`` disagree in length or the newest frame of
+    ``var`` is all NaN (chunks not written yet, read as fill values).
     """
     stop, reads, failures = threading.Event(), [], []
 
     def reader() -> None:
         while not stop.is_set():
             try:
-                with xr.open_zarr(store, consolidated=False) as ds:
+                with xr.open_zarr(store) as ds:
                     newest = ds[var].isel(time=-1).values
                     assert ds.sizes["time"] == ds["time"].size and np.isfinite(newest).any()
                     reads.append(ds.sizes["time"])

@@ -47,7 +47,7 @@ def test_a_reader_never_sees_a_partial_append(tmp_path: Path) -> None:
             frame = frames.isel(time=slice(i, i + 1)).drop_vars(["latitude", "longitude"])
             with io.publish(store) as tmp:
                 io.link_tree(store, tmp)
-                frame.to_zarr(tmp, append_dim="time", mode="a", zarr_format=3, consolidated=False)
+                io.to_zarr(frame, tmp, append_dim="time", mode="a")
     assert failures == []
     assert len(reads) >= 3 and reads == sorted(reads)
     with xr.open_zarr(store, consolidated=False) as ds:

@@ -7,6 +7,7 @@ the same files and packed as int16 with scale 0.01: prepared values must agree t
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -263,6 +264,9 @@ def test_a_reader_sees_a_whole_store_while_frames_are_appended(shared_data: Path
             native.ingest(str(folder / "*"), store, coarsen=4)
     assert failures == []
     assert len(set(reads)) >= 3 and reads == sorted(reads)  # it read while the store grew
+    # One file holds every array's shape: what a reader opens is one version of the store.
+    arrays = json.loads((store / "zarr.json").read_text())["consolidated_metadata"]["metadata"]
+    assert arrays["precip"]["shape"][0] == arrays["time"]["shape"][0] == 6
 
 
 # --- maps ---------------------------------------------------------------------------------------------------
