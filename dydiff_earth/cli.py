@@ -73,6 +73,7 @@ Horizon = Annotated[int, typer.Option(help="target frames L")]
 Patch = Annotated[int, typer.Option(help="square crop size in grid points")]
 BatchSize = Annotated[int, typer.Option(help="windows per step")]
 LearningRate = Annotated[float, typer.Option(help="AdamW learning rate")]
+Eta = Annotated[float, typer.Option(help="DDIM stochasticity: 0 deterministic to 1 (fresh noise every step)")]
 
 
 def _floats(text: str | None, option: str) -> tuple[float, ...]:
@@ -220,6 +221,16 @@ def train(
     workers: Annotated[int, typer.Option(help="DataLoader worker processes")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
     resume: Annotated[bool, typer.Option(help="continue the run that wrote --output")] = False,
+    lr_schedule: Annotated[
+        str, typer.Option(help="constant, or cosine (5 % warm-up, then down to 0 at --steps)")
+    ] = "constant",
+    init_from: Annotated[
+        str | None,
+        typer.Option(
+            help="fine-tune: start from this checkpoint (path or shipped model, e.g. radar-4km-v1) "
+            "and its normalisation; give its --preset, --context, --horizon and --frame"
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Train a Dynamical Diffusion model and write a checkpoint (torchrun for several GPUs)."""
@@ -230,6 +241,7 @@ def train(
         raise InputError(f"--loss must be unmixed or mixed, got {loss!r}")
     if not 0.0 <= gamma_ratio <= 1.0:
         raise InputError(f"--gamma-ratio must lie in [0, 1], got {gamma_ratio}")
+    config.check_choice(lr_schedule, config.LR_SCHEDULES, "--lr-schedule")
     model_cfg = config.preset(preset)
     diff_cfg = config.DiffusionConfig(gamma_ratio=gamma_ratio, loss=loss, target_weight=target_weight)  # type: ignore[arg-type]
     cfg = config.TrainConfig(
@@ -248,9 +260,13 @@ def train(
         frame=frame,
         covariates={"auto": None, "none": ()}.get(covariates, tuple(_split(covariates) or ())),
         snapshot_every=snapshot_every,
+        lr_schedule=lr_schedule,
+        init_from=init_from,
     )
-    # Every store is normalised like the first, so that one model sees one scale.
-    first = data.open_fields(data_paths[0], _split(variables), time=time)
+    # Every store is normalised like the first (or like the model fine-tuned), so one model sees one scale.
+    base = training.base_model(cfg)
+    stats = None if base is None else base.variables
+    first = data.open_fields(data_paths[0], _split(variables), time=time, stats=stats)
     fields = [first] + [
         data.open_fields(p, _split(variables), time=time, stats=first.variables) for p in data_paths[1:]
     ]
@@ -298,6 +314,7 @@ def forecast(
         int, typer.Option(help="solver steps: fewer is faster, 50 as in the paper")
     ] = 50,
     solver: Annotated[str, typer.Option(help="ddim, or dpmpp2m (DPM-Solver++(2M), second order)")] = "ddim",
+    eta: Eta = 0.0,
     precision: Annotated[
         str, typer.Option(help="network arithmetic: fp32, or bf16 (faster on CPUs)")
     ] = "fp32",
@@ -359,6 +376,7 @@ def forecast(
             batch_size=batch_size,
             anchor_context=not no_anchor,
             solver=solver,
+            eta=eta,
             precision=precision,
         ),
         thresholds=_floats(thresholds, "--thresholds"),
@@ -500,6 +518,7 @@ def skill(
     ] = None,
     sampling_steps: Annotated[int, typer.Option(help="solver steps of the model systems")] = 50,
     solver: Annotated[str, typer.Option(help="ddim or dpmpp2m, for the model systems")] = "ddim",
+    eta: Eta = 0.0,
     precision: Annotated[
         str, typer.Option(help="network arithmetic of the model systems: fp32 or bf16")
     ] = "fp32",
@@ -540,6 +559,7 @@ def skill(
             lead_times=lead_times,
             sampling_steps=sampling_steps,
             solver=solver,
+            eta=eta,
             precision=precision,
             thresholds=_floats(thresholds, "--thresholds"),
             seed=seed,

@@ -77,6 +77,12 @@ class TrainConfig:
     augment: bool = True
     #: keep a copy of the forecast weights every this many steps (0: never), for learning curves
     snapshot_every: int = 0
+    #: :data:`LR_SCHEDULES`: "constant", or "cosine" (linear warm-up over the first 5 % of the steps,
+    #: then half a cosine from ``lr`` down to 0 at ``steps``)
+    lr_schedule: str = "constant"
+    #: a checkpoint (path or shipped name) whose weights, normalisation and departure scale the run
+    #: starts from (fine-tuning); None: random weights
+    init_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,8 +98,10 @@ class ForecastConfig:
     tile_overlap: float = 0.25
     #: bound on the clean estimate at every sampling step, in normalised units (standard deviations)
     clip: float = 10.0
-    #: reverse-process solver (:data:`SOLVERS`): "ddim" (eta = 0) or "dpmpp2m" (DPM-Solver++(2M))
+    #: reverse-process solver (:data:`SOLVERS`): "ddim" or "dpmpp2m" (DPM-Solver++(2M))
     solver: str = "ddim"
+    #: DDIM's stochasticity: 0 (deterministic) to 1 (fresh noise at every step, DDPM-like); ddim only
+    eta: float = 0.0
     #: the network's arithmetic (:data:`PRECISIONS`): "fp32", or "bf16" (autocast on the network call
     #: only; the solver's steps, mixing and un-mixing stay in float32 with float64 coefficients)
     precision: str = "fp32"
@@ -101,6 +109,7 @@ class ForecastConfig:
 
 #: Reverse-process solvers a forecast may use (:mod:`dydiff_earth.sampling`).
 SOLVERS = ("ddim", "dpmpp2m")
+LR_SCHEDULES = ("constant", "cosine")
 #: Arithmetic of the network call in a forecast.
 PRECISIONS = ("fp32", "bf16")
 
@@ -214,6 +223,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 __all__ = [
+    "LR_SCHEDULES",
     "PRECISIONS",
     "PRESETS",
     "SOLVERS",

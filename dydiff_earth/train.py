@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import time
@@ -19,6 +20,7 @@ from dydiff_earth.config import DiffusionConfig, ModelConfig, TrainConfig
 from dydiff_earth.data import Fields, window_starts
 from dydiff_earth.diffusion import Schedule, diffusion_loss, make_schedule
 from dydiff_earth.errors import InputError
+from dydiff_earth.forecast import LoadedModel, load_model
 from dydiff_earth.model import ConditionedDenoiser
 from dydiff_earth.patches import (
     DepartureWindowStream,
@@ -272,6 +274,53 @@ def _restore(
     return int(meta["step"])
 
 
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of optimiser step ``step`` (0-based) under ``cfg.lr_schedule``.
+
+    A function of the step alone, so that a resumed run continues the same curve.
+    """
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    warmup = max(1, cfg.steps // 20)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, cfg.steps - warmup))
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def base_model(cfg: TrainConfig) -> LoadedModel | None:
+    """The checkpoint a fine-tuning run starts from (``cfg.init_from``), or None."""
+    return None if cfg.init_from is None else load_model(cfg.init_from)
+
+
+def _check_base(
+    base: LoadedModel,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    frame: str,
+    names: Sequence[str],
+    fields: Fields,
+) -> None:
+    """Refuse, in one line, to fine-tune a checkpoint whose network or data this run does not match."""
+    ours = json.loads(json.dumps(dataclasses.asdict(model_cfg)))  # tuples as the checkpoint's JSON lists
+    pairs = {f"network {k} (--preset)": (v, ours.get(k)) for k, v in base.meta["model"].items()}
+    pairs.update(
+        {
+            "context": (base.context, cfg.context),
+            "horizon": (base.horizon, cfg.horizon),
+            "frame": (base.frame, frame),
+            "covariates": (list(base.covariates), list(names)),
+            "variables": ([v.name for v in base.variables], [v.name for v in fields.variables]),
+        }
+    )
+    for what, (theirs, this) in pairs.items():
+        if theirs != this:
+            raise InputError(
+                f"--init-from {cfg.init_from}: the checkpoint's {what} is {theirs}, this run's {this}; "
+                "train with the checkpoint's settings"
+            )
+
+
 def training_streams(
     fields: Sequence[Fields],
     cfg: TrainConfig,
@@ -362,10 +411,20 @@ def fit(
     stores = [fields] if isinstance(fields, Fields) else list(fields)
     if not stores:
         raise InputError("no data to train on")
+    base = base_model(cfg)
+    if base is not None:
+        # Fine-tuning: "auto" frame and covariates are the checkpoint's, and so is the diurnal cycle.
+        cfg = dataclasses.replace(
+            cfg,
+            frame=base.frame if cfg.frame == "auto" else cfg.frame,
+            covariates=base.covariates if cfg.covariates is None else cfg.covariates,
+        )
     frame = resolve_frame(cfg.frame, stores[0])
     names = resolve_covariates(cfg.covariates, frame, stores[0])
     change = None
-    if frame == "diurnal":
+    if base is not None and base.diurnal_change is not None:
+        change = base.diurnal_change.astype(np.float32)
+    elif frame == "diurnal":
         if any(f.shape != stores[0].shape for f in stores):
             raise InputError("the diurnal frame learns the cycle of one grid: give stores of one grid")
         # The training stores' mean change by time of day (normalised units), shipped in the checkpoint.
@@ -385,6 +444,9 @@ def fit(
     denoiser = ConditionedDenoiser(
         model_cfg, channels=channels, context=cfg.context, condition_channels=condition
     )
+    if base is not None:
+        _check_base(base, model_cfg, cfg, frame, names, stores[0])
+        denoiser.load_state_dict(base.denoiser.state_dict())
     denoiser = denoiser.to(dev)
     ema = _EMA(denoiser, cfg.ema_decay)
     opt = torch.optim.AdamW(denoiser.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -406,6 +468,8 @@ def fit(
         covariate_names=names,
         diurnal_change=change,
         start_index=step * cfg.batch_size * world,
+        # Fine-tuning keeps the units the network learned in.
+        scale=None if base is None else base.departure_scale,
     )
     val_stores = [(f, va) for f, (_, va) in zip(stores, splits, strict=True) if va]
     val_stream = None
@@ -426,6 +490,8 @@ def fit(
         stores[0], model_cfg, diff_cfg, cfg, parameters=sum(p.numel() for p in denoiser.parameters())
     )
     meta["frame"] = frame
+    if base is not None:
+        meta["init_from"] = {"path": base.path, "sha256": base.sha256}
     if names:
         meta["covariates"] = list(names)
     if scale is not None:
@@ -447,6 +513,8 @@ def fit(
         batch = next(batches)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
             loss = _batch_loss(model, batch, schedule, diff_cfg, cfg.context, gen, dev)
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(cfg, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:

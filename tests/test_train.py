@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 import signal
@@ -16,7 +17,7 @@ from dydiff_earth import io, testing
 from dydiff_earth.config import DiffusionConfig, TrainConfig, preset
 from dydiff_earth.data import open_fields
 from dydiff_earth.errors import InputError
-from dydiff_earth.train import fit, split_starts
+from dydiff_earth.train import fit, learning_rate, split_starts
 
 CFG = TrainConfig(
     context=2,
@@ -184,3 +185,48 @@ def test_vector_fields_are_not_rotated(fields, tmp_path: Path) -> None:
     for f, expected in ((fields, True), (velocity, False)):
         stream, _ = training_streams([f], cfg, "persistence", [window_starts(f, 4)], seed=0)
         assert stream.augment is expected, f.names
+
+
+def test_the_cosine_schedule_warms_up_then_decays_to_zero() -> None:
+    cfg = TrainConfig(steps=105, lr=1e-3, lr_schedule="cosine")  # 5 warm-up steps, 100 of decay
+    rates = [learning_rate(cfg, step) for step in range(cfg.steps)]
+    assert rates[:6] == pytest.approx([2e-4, 4e-4, 6e-4, 8e-4, 1e-3, 1e-3])
+    assert rates[55] == pytest.approx(5e-4)  # half way down
+    assert all(a > b for a, b in itertools.pairwise(rates[5:]))
+    assert rates[-1] == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi * 99 / 100)))
+    assert {learning_rate(TrainConfig(lr=1e-3), step) for step in (0, 500, 999)} == {1e-3}
+
+
+def test_fine_tuning_starts_from_the_checkpoint(fields, tmp_path: Path) -> None:
+    """With a learning rate of 0 a fine-tuning run writes the weights it started from, bit for bit."""
+    base = fit(fields, preset("tiny"), DiffusionConfig(), CFG, tmp_path / "base.safetensors").checkpoint
+    still = TrainConfig(**{**CFG.__dict__, "steps": 1, "lr": 0.0, "init_from": str(base), "seed": 5})
+    tuned = fit(fields, preset("tiny"), DiffusionConfig(), still, tmp_path / "tuned.safetensors").checkpoint
+    (a, meta_a), (b, meta_b) = io.load_checkpoint(base), io.load_checkpoint(tuned)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert meta_b["init_from"] == {"path": str(base), "sha256": io.file_sha256(base)}
+    assert (meta_b["frame"], meta_b.get("departure_scale")) == (
+        meta_a["frame"],
+        meta_a.get("departure_scale"),
+    )
+    moved = TrainConfig(**{**still.__dict__, "lr": 1e-3})
+    c, _ = io.load_checkpoint(
+        fit(fields, preset("tiny"), DiffusionConfig(), moved, tmp_path / "m.safetensors").checkpoint
+    )
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_fine_tuning_another_network_is_refused(fields, tmp_path: Path) -> None:
+    base = fit(fields, preset("tiny"), DiffusionConfig(), CFG, tmp_path / "base.safetensors").checkpoint
+    longer = TrainConfig(**{**CFG.__dict__, "horizon": 3, "init_from": str(base)})
+    with pytest.raises(InputError, match="the checkpoint's horizon is 2, this run's 3"):
+        fit(fields, preset("tiny"), DiffusionConfig(), longer, tmp_path / "x.safetensors")
+    with pytest.raises(InputError, match=r"network channels \(--preset\) is \[16, 32\]"):
+        fit(
+            fields,
+            preset("small"),
+            DiffusionConfig(),
+            TrainConfig(**{**CFG.__dict__, "init_from": str(base)}),
+            tmp_path / "y.safetensors",
+        )
+    assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "y.safetensors").exists()
