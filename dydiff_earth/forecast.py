@@ -50,7 +50,7 @@ FULL_DOMAIN_CELLS = 512 * 512
 
 #: The solver function of each ``ForecastConfig.solver`` and how provenance names it.
 SOLVER_FUNCTIONS = {"ddim": sample_ddim, "dpmpp2m": sample_dpmpp_2m}
-SOLVER_NOTES = {"ddim": "ddim (eta = 0)", "dpmpp2m": "dpm-solver++(2m) (Lu et al. 2022), data prediction"}
+SOLVER_NOTES = {"ddim": "ddim", "dpmpp2m": "dpm-solver++(2m) (Lu et al. 2022), data prediction"}
 PRECISION_NOTES = {
     "fp32": "float32",
     "bf16": "bfloat16 autocast on the network call; solver, mixing and un-mixing in float32",
@@ -426,6 +426,7 @@ class DiffusionForecaster:
     ) -> None:
         check_choice(config.solver, SOLVERS, "solver")
         check_choice(config.precision, PRECISIONS, "precision")
+        check_eta(config)
         self.model, self.config, self.device, self.progress = model, config, torch.device(device), progress
 
     @property
@@ -552,6 +553,11 @@ class DiffusionForecaster:
                     if self.progress is not None:
                         self.progress(done, total)
 
+                def randn_like(x: torch.Tensor, _gens: list = gens) -> torch.Tensor:
+                    # DDIM's fresh noise (eta > 0), drawn from each member's own generator.
+                    return torch.stack([torch.randn(x.shape[1:], generator=g) for g in _gens]).to(x.device)
+
+                stochastic = {"eta": cfg.eta, "randn_like": randn_like} if cfg.eta > 0 else {}
                 window = solve(
                     in_precision(denoise, cfg.precision, self.device),
                     noise.to(self.device),
@@ -561,6 +567,7 @@ class DiffusionForecaster:
                     anchor=cfg.anchor_context,
                     clip=cfg.clip,
                     callback=tick,
+                    **stochastic,
                 )
                 new = space.decode(window[:, p:], condition, p)
                 leads.append(new.cpu())
@@ -569,6 +576,14 @@ class DiffusionForecaster:
             sampled = torch.cat(leads, 1)[:, :lead_times, :, :height, :width]
             out[first : first + len(members)] = sampled.numpy()
         return out
+
+
+def check_eta(config: ForecastConfig) -> None:
+    """DDIM's eta lies in [0, 1]; the other solvers are deterministic."""
+    if not 0.0 <= config.eta <= 1.0 or (config.eta > 0 and config.solver != "ddim"):
+        raise InputError(
+            f"--eta must lie in [0, 1] and needs --solver ddim, got {config.eta} with {config.solver}"
+        )
 
 
 def in_precision(denoise: Denoiser, precision: str, device: torch.device) -> Denoiser:
@@ -618,6 +633,10 @@ _FRAME_NOTES = {
 }
 
 
+def _eta_note(cfg: ForecastConfig) -> str:
+    return f" (eta = {cfg.eta:g})" if cfg.solver == "ddim" else ""
+
+
 def _provenance(
     model: LoadedModel, cfg: ForecastConfig, fields: Fields, idx: int, seed: int, steps: Sequence[int]
 ) -> dict:
@@ -632,7 +651,7 @@ def _provenance(
         "package_version": __version__,
         "seed": seed,
         "rng_scheme": RNG_SCHEME,
-        "sampler": f"{SOLVER_NOTES[cfg.solver]}, evenly spaced steps from 981 to 1",
+        "sampler": f"{SOLVER_NOTES[cfg.solver]}{_eta_note(cfg)}, evenly spaced steps from 981 to 1",
         "sampling_steps": len(steps),
         "precision": f"{cfg.precision} ({PRECISION_NOTES[cfg.precision]})",
         "context_anchoring": int(cfg.anchor_context),

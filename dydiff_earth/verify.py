@@ -25,7 +25,7 @@ from dydiff_earth import __version__, cluster, io, schema
 from dydiff_earth.config import ForecastConfig
 from dydiff_earth.data import Fields, VariableSpec, open_fields, window_starts
 from dydiff_earth.errors import InputError
-from dydiff_earth.forecast import Forecaster
+from dydiff_earth.forecast import Forecaster, check_eta
 from dydiff_earth.metrics import combine_systems, score_all
 
 #: The reference system of every skill comparison (CRPS skill score = 1 - CRPS / CRPS of persistence).
@@ -471,6 +471,7 @@ def skill(
     lead_times: int | None = None,
     sampling_steps: int = 50,
     solver: str = "ddim",
+    eta: float = 0.0,
     precision: str = "fp32",
     thresholds: Sequence[float] = (),
     pools: Sequence[int] | None = None,
@@ -509,8 +510,9 @@ def skill(
         spaced window starts.
     members, lead_times, sampling_steps, seed : int
         Ensemble size, lead times (default: the first checkpoint's horizon, else 12), solver steps, seed.
-    solver, precision : str
-        The checkpoints' solver (``ddim``, ``dpmpp2m``) and network arithmetic (``fp32``, ``bf16``).
+    solver, eta, precision
+        The checkpoints' solver (``ddim``, ``dpmpp2m``), DDIM's stochasticity (0 to 1) and network
+        arithmetic (``fp32``, ``bf16``).
     thresholds, pools, fss_windows : sequence
         Event thresholds (variable units), max-pool sizes (default 1, 4, 16 that fit the grid), FSS windows.
     context : int
@@ -540,8 +542,9 @@ def skill(
     check_choice(solver, SOLVERS, "--solver")
     check_choice(precision, PRECISIONS, "--precision")
     config = ForecastConfig(
-        members=members, sampling_steps=sampling_steps, seed=seed, solver=solver, precision=precision
+        members=members, sampling_steps=sampling_steps, seed=seed, solver=solver, eta=eta, precision=precision
     )
+    check_eta(config)
     systems = _model_systems(data_source, checkpoints, time, config, device, None)
     names = list(systems[0].fields.names) if systems else None
     fields = open_fields(data_source, names, time=time)
@@ -566,6 +569,7 @@ def skill(
         "lead_times": lead_times,
         "sampling_steps": sampling_steps,
         "solver": solver,
+        "eta": eta,
         "precision": precision,
         "thresholds": [float(t) for t in thresholds],
         "pools": list(pools),

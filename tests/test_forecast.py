@@ -36,7 +36,7 @@ def model(store: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 def _forecast(model, store, **kw) -> xr.Dataset:
-    options = {k: kw.pop(k) for k in ("batch_size", "solver", "precision") if k in kw}
+    options = {k: kw.pop(k) for k in ("batch_size", "solver", "precision", "eta") if k in kw}
     cfg = ForecastConfig(sampling_steps=3, **{"batch_size": 8, **options})
     fields = open_fields(store, stats=model.variables)
     args = {"init_time": None, "lead_times": 2, "n_members": 4, "seed": 1} | kw
@@ -89,6 +89,28 @@ def test_solver_and_precision_change_the_numbers_not_the_member_contract(model, 
     assert np.abs(c[finite] - b[finite]).mean() < 0.1 * np.abs(b[finite]).mean() + 0.1
     one_by_one = _forecast(model, store, n_members=3, solver="dpmpp2m", precision="bf16", batch_size=1)
     np.testing.assert_array_equal(one_by_one["precip"].values, c)
+
+
+def test_stochastic_ddim_members_keep_the_member_contract(model, store: Path) -> None:
+    """With eta > 0 the fresh noise of every step comes from each member's own generator."""
+    still, stirred = _forecast(model, store, n_members=3), _forecast(model, store, n_members=3, eta=1.0)
+    assert stirred.attrs["sampler"].startswith("ddim (eta = 1)") and still.attrs["sampler"].startswith(
+        "ddim (eta = 0)"
+    )
+    a, b = still["precip"].values, stirred["precip"].values
+    finite = np.isfinite(a)
+    assert np.array_equal(finite, np.isfinite(b)) and not np.allclose(a[finite], b[finite])
+    one_by_one = _forecast(model, store, n_members=3, eta=1.0, batch_size=1)
+    np.testing.assert_array_equal(one_by_one["precip"].values, b)
+    np.testing.assert_array_equal(_forecast(model, store, n_members=1, eta=1.0)["precip"].values, b[:1])
+
+
+@pytest.mark.parametrize(
+    "cfg", [ForecastConfig(eta=1.5), ForecastConfig(eta=-0.1), ForecastConfig(solver="dpmpp2m", eta=0.5)]
+)
+def test_eta_outside_ddim_or_its_range_is_an_input_error(model, cfg: ForecastConfig) -> None:
+    with pytest.raises(InputError, match="--eta must lie in"):
+        DiffusionForecaster(model, cfg)
 
 
 @pytest.mark.parametrize(("key", "value"), [("solver", "heun"), ("precision", "fp16")])
