@@ -25,7 +25,7 @@ from dydiff_earth import __version__, cluster, io, schema
 from dydiff_earth.config import ForecastConfig
 from dydiff_earth.data import Fields, VariableSpec, open_fields, window_starts
 from dydiff_earth.errors import InputError
-from dydiff_earth.forecast import Forecaster, check_eta
+from dydiff_earth.forecast import Forecaster
 from dydiff_earth.metrics import combine_systems, score_all
 
 #: The reference system of every skill comparison (CRPS skill score = 1 - CRPS / CRPS of persistence).
@@ -544,7 +544,6 @@ def skill(
     config = ForecastConfig(
         members=members, sampling_steps=sampling_steps, seed=seed, solver=solver, eta=eta, precision=precision
     )
-    check_eta(config)
     systems = _model_systems(data_source, checkpoints, time, config, device, None)
     names = list(systems[0].fields.names) if systems else None
     fields = open_fields(data_source, names, time=time)
