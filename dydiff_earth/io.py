@@ -165,7 +165,9 @@ def write_zarr(ds: xr.Dataset, path: str | Path, *, encoding: dict | None = None
     """Write ``ds`` as a zarr format 3 store with consolidated metadata, published atomically."""
     final = Path(path)
     with publish(final) as tmp:
-        to_zarr(ds, tmp, mode="w", encoding=encoding or {})
+        # "w-", not "w": the temporary is new, and "w" clears a store by removing and recreating its
+        # directory, a moment in which a killed writer's temporary has vanished.
+        to_zarr(ds, tmp, mode="w-", encoding=encoding or {})
     return final
 
 

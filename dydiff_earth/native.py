@@ -587,7 +587,7 @@ def _write(ds: xr.Dataset, target: Path, *, append: bool) -> None:
         "time": _TIME_ENCODING,
         VARIABLE: {"dtype": "float32", "chunks": (1, ds.sizes["y"], ds.sizes["x"])},
     }
-    io.to_zarr(ds, target, mode="w", encoding=encoding)
+    io.to_zarr(ds, target, mode="w-", encoding=encoding)
 
 
 def ingest(
