@@ -276,7 +276,7 @@ def train(
             bar.update(step, total, f"loss {value:.4f} | {rate:.1f} samples/s")
 
         result = training.fit(
-            fields, model_cfg, diff_cfg, cfg, output, resume=resume, device=device, progress=report
+            fields, model_cfg, diff_cfg, cfg, output, resume=resume, device=device, progress=report, base=base
         )
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 writes the checkpoint, so only it reports

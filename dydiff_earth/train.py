@@ -400,18 +400,21 @@ def fit(
     resume: bool = False,
     device: str | None = None,
     progress: Progress | None = None,
+    base: LoadedModel | None = None,
 ) -> TrainResult:
     """Train a Dynamical Diffusion model on windows of ``fields`` and write checkpoints to ``output``.
 
     ``fields`` may be several stores on one normalisation (open the others with the first one's ``stats``).
     Checkpoints are written every ``cfg.checkpoint_every`` steps and at the end; ``resume=True``
     continues a killed run exactly (weights, EMA, optimiser, RNG, data position), bit-identically on CPU.
+    ``base`` is ``base_model(cfg)`` where the caller has loaded it already (to open ``fields`` with its
+    normalisation).
     """
     output = Path(output)
     stores = [fields] if isinstance(fields, Fields) else list(fields)
     if not stores:
         raise InputError("no data to train on")
-    base = base_model(cfg)
+    base = base or base_model(cfg)
     if base is not None:
         # Fine-tuning: "auto" frame and covariates are the checkpoint's, and so is the diurnal cycle.
         cfg = dataclasses.replace(
