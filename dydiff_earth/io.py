@@ -181,13 +181,16 @@ def save_checkpoint(path: str | Path, tensors: dict, meta: dict) -> Path:
     """Write ``tensors`` (name -> torch.Tensor) and JSON-able ``meta`` as one safetensors file, atomically."""
     import json
 
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     final = Path(path)
     payload = {"format": CHECKPOINT_FORMAT, **meta}
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    # Serialised here and written with open(), not safetensors' save_file, which creates files readable by
+    # their owner only: a checkpoint gets the permissions of the user's umask like every other output.
+    blob = save(contiguous, metadata={_META_KEY: json.dumps(payload)})
     with publish(final) as tmp:
-        save_file(contiguous, str(tmp), metadata={_META_KEY: json.dumps(payload)})
+        tmp.write_bytes(blob)
     return final
 
 

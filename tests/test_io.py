@@ -1,10 +1,13 @@
-"""Tests of dydiff_earth.io's publishing: stores swapped in whole while a reader reads them."""
+"""Tests of dydiff_earth.io's publishing: stores swapped in whole while a reader reads them; checkpoints."""
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
+import torch
 import xarray as xr
 from _store_reader import reading
 
@@ -53,3 +56,16 @@ def test_a_reader_never_sees_a_partial_append(tmp_path: Path) -> None:
     with xr.open_zarr(store, consolidated=False) as ds:
         xr.testing.assert_equal(ds.load(), frames)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["feed.zarr"]  # no temporaries left
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_a_checkpoint_gets_the_permissions_of_the_umask(tmp_path: Path, umask: int) -> None:
+    """Like every other output (safetensors' own writer makes files readable by their owner only)."""
+    old = os.umask(umask)
+    try:
+        path = io.save_checkpoint(tmp_path / "m.safetensors", {"w": torch.arange(3.0)}, {"x": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    tensors, meta = io.load_checkpoint(path)
+    assert tensors["w"].tolist() == [0.0, 1.0, 2.0] and meta["x"] == 1
