@@ -19,6 +19,8 @@ thread (the wall time of an idle core) on the x axis; docs/benchmarks.md, Foreca
     python benchmarks/bench_speed.py --store mch4.zarr --timing dpmpp2m:5:bf16,dpmpp2m:10:bf16,ddim:10:fp32 \
         > timing.json
     python benchmarks/bench_speed.py --replot run.json timing.json
+
+``--network-call`` times one network call in float32 and in bfloat16 on this CPU.
 """
 
 from __future__ import annotations
@@ -360,6 +362,36 @@ def plot_timed(rows: list[dict], steps_crps: float, timed: list[dict], path: Pat
     fig.savefig(path, dpi=120)
 
 
+def network_call(repeats: int = 2) -> dict:
+    """CPU seconds of one network call of the shipped model on the whole padded radar domain, per precision.
+
+    Whether bfloat16 pays depends on the CPU: with AVX512-BF16 or AMX it halves the call, without them
+    oneDNN emulates it (``forecast.native_bf16`` says which this machine has).
+    """
+    import torch
+
+    from dydiff_earth import forecast
+
+    model = forecast.load_model(MODEL)
+    torch.manual_seed(0)
+    shape = (1, model.context + model.horizon, 1, 160, 192)  # 160 x 177 padded to a multiple of 16
+    x, context = torch.randn(shape), torch.randn(1, model.context, 1, 160, 192)
+    condition, t = torch.randn(1, 1, 160, 192), torch.tensor([500])
+    row = {
+        "cpu": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": forecast.native_bf16(torch.device("cpu")),
+    }
+    for precision in ("fp32", "bf16"):
+        seconds = []
+        for _ in range(repeats):
+            start = time.process_time()
+            with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+                model.denoiser(x, t, context, condition=condition)
+            seconds.append(round(time.process_time() - start, 2))
+        row[precision] = seconds
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", type=Path, help="prepared MeteoSwiss store (made if missing)")
@@ -372,7 +404,13 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=MEMBERS, help="members of the model in skill runs")
     parser.add_argument("--timing", help="only time these configurations' whole commands next to STEPS")
     parser.add_argument("--replot", nargs=2, type=Path, help="skill JSON and timing JSON: redraw the PNG")
+    parser.add_argument(
+        "--network-call", action="store_true", help="only time one network call per precision"
+    )
     args = parser.parse_args()
+    if args.network_call:
+        print(json.dumps(network_call()))
+        return
     if args.replot:
         run_rows, timed = (json.loads(p.read_text()) for p in args.replot)
         plot_timed(run_rows["rows"], run_rows["steps"]["crps"], timed, args.png)

@@ -102,8 +102,9 @@ class ForecastConfig:
     solver: str = "ddim"
     #: DDIM's stochasticity: 0 (deterministic) to 1 (fresh noise at every step, DDPM-like); ddim only
     eta: float = 0.0
-    #: the network's arithmetic (:data:`PRECISIONS`): "fp32", or "bf16" (autocast on the network call
-    #: only; the solver's steps, mixing and un-mixing stay in float32 with float64 coefficients)
+    #: the network's arithmetic (:data:`PRECISIONS`): "fp32", "bf16" (autocast on the network call
+    #: only; the solver's steps, mixing and un-mixing stay in float32 with float64 coefficients), or
+    #: "auto": bf16 where the device computes in bfloat16 in hardware, else fp32
     precision: str = "fp32"
 
 
@@ -111,13 +112,14 @@ class ForecastConfig:
 SOLVERS = ("ddim", "dpmpp2m")
 LR_SCHEDULES = ("constant", "cosine")
 #: Arithmetic of the network call in a forecast.
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
     """``value`` if it is one of ``choices``, else an ``InputError`` naming ``what`` and the choices."""
     if value not in choices:
-        raise InputError(f"{what} must be {' or '.join(choices)}, not {value!r}")
+        listed = " or ".join(choices) if len(choices) < 3 else f"{', '.join(choices[:-1])} or {choices[-1]}"
+        raise InputError(f"{what} must be {listed}, not {value!r}")
     return value
 
 

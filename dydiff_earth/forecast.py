@@ -427,7 +427,9 @@ class DiffusionForecaster:
         check_choice(config.solver, SOLVERS, "solver")
         check_choice(config.precision, PRECISIONS, "precision")
         check_eta(config)
-        self.model, self.config, self.device, self.progress = model, config, torch.device(device), progress
+        device = torch.device(device)
+        config = dataclasses.replace(config, precision=resolve_precision(config.precision, device))
+        self.model, self.config, self.device, self.progress = model, config, device, progress
 
     @property
     def timesteps(self) -> list[int]:
@@ -584,6 +586,23 @@ def check_eta(config: ForecastConfig) -> None:
         raise InputError(
             f"--eta must lie in [0, 1] and needs --solver ddim, got {config.eta} with {config.solver}"
         )
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 in hardware, not by emulation in float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    # Without AVX512-BF16 or AMX, oneDNN emulates bfloat16: a network call of radar-4km-v1 took 17 x the
+    # CPU time of float32 on an AVX2 CPU (28 against 1.7 s); with them, half of it.
+    cpu = torch.cpu
+    return device.type == "cpu" and (cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"auto"`` is bf16 where ``device`` has it in hardware, else fp32; the others stay as they are."""
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) else "fp32"
 
 
 def in_precision(denoise: Denoiser, precision: str, device: torch.device) -> Denoiser:

@@ -45,7 +45,7 @@ class JobConfig:
     members: int = 8
     lead_times: int = 0  # 0: the model's trained horizon
     sampling_steps: int = 50
-    #: reverse-process solver ("ddim" or "dpmpp2m") and network arithmetic ("fp32" or "bf16")
+    #: reverse-process solver ("ddim" or "dpmpp2m") and network arithmetic ("fp32", "bf16" or "auto")
     solver: str = "ddim"
     precision: str = "fp32"
     thresholds: tuple[float, ...] = ()

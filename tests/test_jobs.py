@@ -426,7 +426,7 @@ def test_retention_by_age_uses_init_times(tmp_path: Path, model: Path) -> None:
         ({"retention": 0}, "key 'retention' must keep at least 1"),
         ({"members": 0}, "key 'members' must be at least 1"),
         ({"solver": "euler"}, "key 'solver' must be ddim or dpmpp2m, not 'euler'"),
-        ({"precision": "fp16"}, "key 'precision' must be fp32 or bf16, not 'fp16'"),
+        ({"precision": "fp16"}, "key 'precision' must be fp32, bf16 or auto, not 'fp16'"),
         ({"output_pattern": "f_%Y.grib"}, "key 'output_pattern' must end in .nc or .zarr"),
         ({"output_pattern": "../f_%Y%m%dT%H%M.nc"}, "key 'output_pattern' names files inside output_dir"),
         ({"output_pattern": "/tmp/f_%Y%m%dT%H%M.nc"}, "key 'output_pattern' names files inside output_dir"),
