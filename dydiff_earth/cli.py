@@ -311,9 +311,11 @@ def forecast(
     ] = None,
     members: Annotated[int, typer.Option(help="ensemble members")] = 8,
     sampling_steps: Annotated[
-        int, typer.Option(help="solver steps: fewer is faster, 50 as in the paper")
-    ] = 50,
-    solver: Annotated[str, typer.Option(help="ddim, or dpmpp2m (DPM-Solver++(2M), second order)")] = "ddim",
+        int, typer.Option(help="solver steps: fewer is faster (the paper: 50 DDIM steps)")
+    ] = 10,
+    solver: Annotated[
+        str, typer.Option(help="dpmpp2m (DPM-Solver++(2M), second order), or ddim")
+    ] = "dpmpp2m",
     eta: Eta = 0.0,
     precision: Annotated[
         str,
@@ -527,8 +529,8 @@ def skill(
     lead_times: Annotated[
         int | None, typer.Option(help="lead times (default: model horizon, else 12)")
     ] = None,
-    sampling_steps: Annotated[int, typer.Option(help="solver steps of the model systems")] = 50,
-    solver: Annotated[str, typer.Option(help="ddim or dpmpp2m, for the model systems")] = "ddim",
+    sampling_steps: Annotated[int, typer.Option(help="solver steps of the model systems")] = 10,
+    solver: Annotated[str, typer.Option(help="dpmpp2m or ddim, for the model systems")] = "dpmpp2m",
     eta: Eta = 0.0,
     precision: Annotated[
         str, typer.Option(help="network arithmetic of the model systems: fp32, bf16 or auto")

@@ -90,7 +90,9 @@ class ForecastConfig:
     """Options that change a forecast's numbers; all recorded in its provenance."""
 
     members: int = 8
-    sampling_steps: int = 50
+    #: solver steps; 10 steps of DPM-Solver++(2M) score as 50 DDIM steps on the shipped models
+    #: (docs/benchmarks.md, Forecast speed)
+    sampling_steps: int = 10
     seed: int = 0
     anchor_context: bool = True
     batch_size: int = 8
@@ -99,7 +101,7 @@ class ForecastConfig:
     #: bound on the clean estimate at every sampling step, in normalised units (standard deviations)
     clip: float = 10.0
     #: reverse-process solver (:data:`SOLVERS`): "ddim" or "dpmpp2m" (DPM-Solver++(2M))
-    solver: str = "ddim"
+    solver: str = "dpmpp2m"
     #: DDIM's stochasticity: 0 (deterministic) to 1 (fresh noise at every step, DDPM-like); ddim only
     eta: float = 0.0
     #: the network's arithmetic (:data:`PRECISIONS`): "fp32", "bf16" (autocast on the network call

@@ -44,9 +44,9 @@ class JobConfig:
     checkpoint: str = "demo"
     members: int = 8
     lead_times: int = 0  # 0: the model's trained horizon
-    sampling_steps: int = 50
+    sampling_steps: int = 10
     #: reverse-process solver ("ddim" or "dpmpp2m") and network arithmetic ("fp32", "bf16" or "auto")
-    solver: str = "ddim"
+    solver: str = "dpmpp2m"
     precision: str = "fp32"
     thresholds: tuple[float, ...] = ()
     seed: int = 0

@@ -78,7 +78,7 @@ def test_members_depend_only_on_seed_init_and_index(model, store: Path) -> None:
 
 
 def test_solver_and_precision_change_the_numbers_not_the_member_contract(model, store: Path) -> None:
-    ddim = _forecast(model, store, n_members=3)
+    ddim = _forecast(model, store, n_members=3, solver="ddim")
     dpm = _forecast(model, store, n_members=3, solver="dpmpp2m")
     bf16 = _forecast(model, store, n_members=3, solver="dpmpp2m", precision="bf16")
     assert dpm.attrs["sampler"].startswith("dpm-solver++(2m)") and ddim.attrs["sampler"].startswith("ddim")
@@ -106,20 +106,27 @@ def test_auto_precision_is_bf16_only_where_the_hardware_has_it(model, store: Pat
 
 def test_stochastic_ddim_members_keep_the_member_contract(model, store: Path) -> None:
     """With eta > 0 the fresh noise of every step comes from each member's own generator."""
-    still, stirred = _forecast(model, store, n_members=3), _forecast(model, store, n_members=3, eta=1.0)
+    still = _forecast(model, store, n_members=3, solver="ddim")
+    stirred = _forecast(model, store, n_members=3, solver="ddim", eta=1.0)
     assert stirred.attrs["sampler"].startswith("ddim (eta = 1)") and still.attrs["sampler"].startswith(
         "ddim (eta = 0)"
     )
     a, b = still["precip"].values, stirred["precip"].values
     finite = np.isfinite(a)
     assert np.array_equal(finite, np.isfinite(b)) and not np.allclose(a[finite], b[finite])
-    one_by_one = _forecast(model, store, n_members=3, eta=1.0, batch_size=1)
+    one_by_one = _forecast(model, store, n_members=3, solver="ddim", eta=1.0, batch_size=1)
     np.testing.assert_array_equal(one_by_one["precip"].values, b)
-    np.testing.assert_array_equal(_forecast(model, store, n_members=1, eta=1.0)["precip"].values, b[:1])
+    one = _forecast(model, store, n_members=1, solver="ddim", eta=1.0)
+    np.testing.assert_array_equal(one["precip"].values, b[:1])
 
 
 @pytest.mark.parametrize(
-    "cfg", [ForecastConfig(eta=1.5), ForecastConfig(eta=-0.1), ForecastConfig(solver="dpmpp2m", eta=0.5)]
+    "cfg",
+    [
+        ForecastConfig(solver="ddim", eta=1.5),
+        ForecastConfig(solver="ddim", eta=-0.1),
+        ForecastConfig(solver="dpmpp2m", eta=0.5),
+    ],
 )
 def test_eta_outside_ddim_or_its_range_is_an_input_error(model, cfg: ForecastConfig) -> None:
     with pytest.raises(InputError, match="--eta must lie in"):
