@@ -592,7 +592,7 @@ def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes in bfloat16 in hardware, not by emulation in float32."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    # Without AVX512-BF16 or AMX, oneDNN emulates bfloat16: a network call of radar-4km-v1 took 17 x the
+    # Without AVX512-BF16 or AMX, oneDNN emulates bfloat16: a network call of radar-4km-v1 took 16 x the
     # CPU time of float32 on an AVX2 CPU (28 against 1.7 s); with them, half of it.
     cpu = torch.cpu
     return device.type == "cpu" and (cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())

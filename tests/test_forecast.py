@@ -94,7 +94,7 @@ def test_solver_and_precision_change_the_numbers_not_the_member_contract(model, 
 
 
 def test_auto_precision_is_bf16_only_where_the_hardware_has_it(model, store: Path, monkeypatch) -> None:
-    """Emulated bfloat16 is many times slower than float32 (17 x on an AVX2 CPU): auto avoids it."""
+    """Emulated bfloat16 is many times slower than float32 (16 x on an AVX2 CPU): auto avoids it."""
     for native, chosen in ((False, "fp32"), (True, "bf16")):
         monkeypatch.setattr(forecast_module, "native_bf16", lambda device, _n=native: _n)
         ds = _forecast(model, store, n_members=2, precision="auto")
