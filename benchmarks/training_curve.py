@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--inits", type=int, default=2)
     parser.add_argument("--members", type=int, default=4)
     parser.add_argument("--sampling-steps", type=int, default=10)
+    parser.add_argument("--solver", default="dpmpp2m", help="dpmpp2m or ddim")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     args = parser.parse_args()
     snapshots = sorted(glob.glob(args.snapshots), key=step_of)
@@ -55,6 +56,7 @@ def main() -> None:
             inits=args.inits,
             members=args.members,
             sampling_steps=args.sampling_steps,
+            solver=args.solver,
             thresholds=(1.0,),
             report_dir=Path(work) / "report",
         )
@@ -70,7 +72,7 @@ def main() -> None:
     ax.set_ylabel("fair CRPS (mm h-1), lower is better")
     times = ", ".join(t[11:16] for t in result.summary["init_times"])
     ax.set_title(
-        f"validation skill, {args.members} members, {args.sampling_steps} DDIM steps, inits {times}",
+        f"validation skill, {args.members} members, {args.sampling_steps} {args.solver} steps, inits {times}",
         fontsize=9,
     )
     ax.grid(alpha=0.3)

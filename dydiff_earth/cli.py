@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -29,11 +30,17 @@ console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _warning_line(message: Warning | str, *_: Any, **__: Any) -> None:
+    """A warning reaches the user as one line, like an error, not as Python's file-and-line report."""
+    console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
 def user_errors(func: F) -> F:
     """Turn an ``InputError`` into one line on stderr and exit status 2 (3 for stale input)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        warnings.showwarning = _warning_line
         try:
             return func(*args, **kwargs)
         except StaleInputError as exc:
@@ -349,8 +356,6 @@ def forecast(
 ) -> None:
     """Ensemble forecast written as CF NetCDF/zarr on the input's grid, with maps."""
     from dydiff_earth import config, pipeline
-    from dydiff_earth.forecast import native_bf16
-    from dydiff_earth.train import resolve_device
 
     if devices is not None and device != "auto":
         raise InputError("give --device (one device) or --devices (members split over several), not both")
@@ -368,14 +373,6 @@ def forecast(
             raise InputError(f"{name} must be at least 1, got {value}")
     config.check_choice(solver, config.SOLVERS, "--solver")
     config.check_choice(precision, config.PRECISIONS, "--precision")
-    if precision == "bf16" and not native_bf16(resolve_device(device if devices is None else "auto")):
-        console.print(
-            "warning: this machine has no bfloat16 in hardware: --precision bf16 is emulated, many times "
-            "slower than fp32; --precision auto picks the faster one",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
     request = pipeline.ForecastRequest(
         input=input_path,
         checkpoint=checkpoint,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -593,16 +594,25 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     # Without AVX512-BF16 or AMX, oneDNN emulates bfloat16: a network call of radar-4km-v1 took 16 x the
-    # CPU time of float32 on an AVX2 CPU (28 against 1.7 s); with them, half of it.
+    # CPU time of float32 on an AVX2 CPU (28 against 1.7 s); with them, half of it. torch.cpu's probes are
+    # private API: torch is pinned (pyproject.toml), so a rename shows up in this module's tests.
     cpu = torch.cpu
     return device.type == "cpu" and (cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``"auto"`` is bf16 where ``device`` has it in hardware, else fp32; the others stay as they are."""
-    if precision != "auto":
-        return precision
-    return "bf16" if native_bf16(device) else "fp32"
+    """``"auto"`` is bf16 where ``device`` has it in hardware, else fp32; the others stay as they are
+    (bf16 without the hardware runs as asked, with a warning)."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    if precision == "bf16" and not native_bf16(device):
+        warnings.warn(
+            f"this {device.type} has no bfloat16 in hardware: precision bf16 is emulated, many times slower "
+            "than fp32; precision auto picks the faster one",
+            UserWarning,
+            stacklevel=3,
+        )
+    return precision
 
 
 def in_precision(denoise: Denoiser, precision: str, device: torch.device) -> Denoiser:

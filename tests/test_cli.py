@@ -276,6 +276,19 @@ def test_forecast_unknown_solver_or_precision(inputs: dict[str, Path], option: s
     assert_user_error(forecast_args(inputs, **{option: value}), f"--{option}", value)
 
 
+def test_forecast_in_emulated_bf16_runs_with_a_one_line_warning(
+    inputs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dydiff_earth import forecast
+
+    monkeypatch.setattr(forecast, "native_bf16", lambda device: False)
+    result = invoke(forecast_args(inputs, precision="bf16"))
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if "bfloat16" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: this cpu has no bfloat16"), result.stderr
+    assert "UserWarning" not in result.stderr and "precision auto" in warnings[0]
+
+
 def test_forecast_cuda_on_a_cpu_machine(inputs: dict[str, Path]) -> None:
     import torch
 
