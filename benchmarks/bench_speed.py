@@ -20,7 +20,10 @@ thread (the wall time of an idle core) on the x axis; docs/benchmarks.md, Foreca
         > timing.json
     python benchmarks/bench_speed.py --replot run.json timing.json
 
-``--network-call`` times one network call in float32 and in bfloat16 on this CPU.
+``--network-call`` times one network call in float32 and in bfloat16 on this CPU. ``--global-grid`` runs
+the whole radar forecast command (8 members, 12 lead times, maps) on synthetic rain on a 721 x 1440
+global 0.25-degree grid and reports its peak memory; memory does not depend on the sampling steps, so it
+runs one (``--global-steps``) to keep the CPU time down.
 """
 
 from __future__ import annotations
@@ -392,6 +395,34 @@ def network_call(repeats: int = 2) -> dict:
     return row
 
 
+def global_grid(work: Path, steps: int) -> dict:
+    """The whole radar forecast command on synthetic rain on the 721 x 1440 global 0.25-degree grid."""
+    import numpy as np
+
+    from dydiff_earth import io, synthetic
+
+    # Square synthetic rain cut to 721 rows; only the grid is global (the model does not know where it is).
+    ds = synthetic.precip(sequences=1, frames=4, size=1440, seed=0, center=(0.0, 0.0), resolution=0.1)
+    ds = ds.isel(latitude=slice(0, 721))
+    ds = ds.assign_coords(latitude=np.linspace(-90.0, 90.0, 721), longitude=np.arange(1440) * 0.25)
+    store = io.write_zarr(ds, work / "global.zarr")
+    out = work / "global.nc"
+    args = [sys.executable, "-m", "dydiff_earth.cli", "forecast", "--input", str(store)]
+    args += ["--checkpoint", MODEL, "--members", str(MEMBERS), "--lead-times", str(LEADS)]
+    args += ["--sampling-steps", str(steps), "--output", str(out), "--maps", str(work / "maps"), "--quiet"]
+    row = run(args)
+    return {
+        "grid": [721, 1440],
+        "members": MEMBERS,
+        "lead_times": LEADS,
+        "sampling_steps": steps,
+        "wall_s": round(row["wall"], 1),
+        "cpu_s": round(row["cpu"], 1),
+        "peak_mib": round(row["peak_mib"]),
+        "output_mib": round(out.stat().st_size / 2**20, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", type=Path, help="prepared MeteoSwiss store (made if missing)")
@@ -407,7 +438,13 @@ def main() -> None:
     parser.add_argument(
         "--network-call", action="store_true", help="only time one network call per precision"
     )
+    parser.add_argument("--global-grid", action="store_true", help="only the 721 x 1440 memory run")
+    parser.add_argument("--global-steps", type=int, default=1, help="sampling steps of the global run")
     args = parser.parse_args()
+    if args.global_grid:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(json.dumps(global_grid(Path(tmp), args.global_steps)))
+        return
     if args.network_call:
         print(json.dumps(network_call()))
         return
