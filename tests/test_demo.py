@@ -48,24 +48,31 @@ def test_demo_model_beats_persistence_on_fresh_data(demo, fresh: Path) -> None:
     assert model < persistence, f"fair CRPS {model:.4f} (demo) vs {persistence:.4f} (persistence)"
 
 
-def test_demo_members_have_no_seams_on_a_larger_domain(demo, tmp_path: Path) -> None:
-    """96 x 96 cells from a model trained on 32 x 32 crops: tile borders look like the interior."""
-    from dydiff_earth.patches import tiles
+def _edge_to_interior(values: np.ndarray) -> np.ndarray:
+    """Mean absolute step between neighbouring columns plus that between rows of square ``(..., n, n)``
+    fields, at the first 4 and at the last 4 boundaries, each against the interior's."""
+    lead = tuple(range(values.ndim - 2))
+    grad = np.abs(np.diff(values, axis=-1)).mean(axis=(*lead, -2))
+    grad += np.abs(np.diff(values, axis=-2)).mean(axis=(*lead, -1))
+    return np.array([grad[:4].mean(), grad[-4:].mean()]) / grad[4:-4].mean()
 
-    store = io.write_zarr(synthetic.precip(sequences=1, frames=6, size=96, seed=5), tmp_path / "big.zarr")
+
+@pytest.mark.parametrize("seed", [5, 7])
+def test_demo_members_have_no_seams_on_a_larger_domain(demo, tmp_path: Path, seed: int) -> None:
+    """96 x 96 cells from a model trained on 48 x 48 crops: one field over the whole domain (no tiles, so
+    no seams), and the cells next to the edges, where rain advects in from outside or leaves, are about
+    as rough as the observed field's there (a band next to padding is rougher: docs/models.md)."""
+    ds_in = synthetic.precip(sequences=1, frames=10, size=96, seed=seed)
+    store = io.write_zarr(ds_in.isel(time=slice(0, 4)), tmp_path / "big.zarr")
     fields = open_fields(store, stats=demo.variables)
-    cfg = ForecastConfig(members=2, sampling_steps=10)
-    ds = DiffusionForecaster(demo, cfg)(fields, init_time=None, lead_times=2, n_members=2, seed=0)
-    values = np.log1p(ds["precip"].values)  # the model's own scale
-    overlap = round(cfg.tile_overlap * demo.patch)
-    windows = tiles((96, 96), demo.patch, overlap)
-    edges = sorted(
-        {xs.start - 1 for _, xs in windows if xs.start > 0}
-        | {xs.stop - 1 for _, xs in windows if xs.stop < 96}
+    ds = DiffusionForecaster(demo, ForecastConfig(members=4))(
+        fields, init_time=None, lead_times=demo.horizon, n_members=4, seed=0
     )
-    grad = np.abs(np.diff(values, axis=-1)).mean(axis=(0, 1, 2))
-    ratio = grad[edges].mean() / np.delete(grad, edges).mean()
-    assert ratio < 1.3, f"seam ratio {ratio:.2f}"
+    # The model's own scale.
+    members, truth = np.log1p(ds["precip"].values), np.log1p(ds_in["precip"].values[4:])
+    assert np.isfinite(members).all()
+    ratio = _edge_to_interior(members) / _edge_to_interior(truth)
+    assert ((ratio > 0.5) & (ratio < 2.0)).all(), f"edges against the observed: {ratio.round(2)}"
 
 
 def test_embedded_default_writes_forecast_and_maps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

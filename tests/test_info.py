@@ -59,9 +59,9 @@ def test_demo_by_name_as_text() -> None:
         "mm h-1",
         "5 minutes",
         "4 / 6 frames",
-        "tiny",
+        "radar",
         "gamma ratio",
-        "eulerian",
+        "lagrangian",
         "sha256",
     ):
         assert needle in out, (needle, out)
