@@ -22,8 +22,8 @@ thread (the wall time of an idle core) on the x axis; docs/benchmarks.md, Foreca
 
 ``--network-call`` times one network call in float32 and in bfloat16 on this CPU. ``--global-grid`` runs
 the whole radar forecast command (8 members, 12 lead times, maps) on synthetic rain on a 721 x 1440
-global 0.25-degree grid and reports its peak memory; memory does not depend on the sampling steps, so it
-runs one (``--global-steps``) to keep the CPU time down.
+global 0.25-degree grid and reports its peak memory. It runs one sampling step (``--global-steps``) to
+keep the CPU time down; DPM-Solver++(2M) keeps one more copy of the field from its second step on.
 """
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ def _read_feature(path: Path, kind: str, box: tuple[float, ...] | None = None) -
     # pyshp logs a warning per malformed GSHHS lake ring; those rings still draw correctly.
     logging.getLogger("shapefile").setLevel(logging.ERROR)
     # Only the shapes whose bounding box meets ``box`` (lon0, lon1, lat0, lat1): pyshp skips the others
-    # unparsed, which saves most of a second per forecast on a regional map.
+    # unparsed (0.6 s less for the 10 maps of the embedded forecast, measured).
     bbox = None if box is None else (box[0], box[2], box[1], box[3])
     geometries = list(shapereader.Reader(str(path), bbox=bbox).geometries())
     return cfeature.ShapelyFeature(geometries, ccrs.PlateCarree(), facecolor="none", **_FEATURE_STYLE[kind])
