@@ -405,6 +405,24 @@ class _Space:
         return condition[:, None, : leads.shape[2]] + leads * self.scale[context:] + path
 
 
+class _MirrorPad:
+    """Pad the last two dims from ``(height, width)`` to ``(ph, pw)`` by mirroring the field at its
+    south and east edges (numpy's ``symmetric``, which repeats for pads wider than the field).
+
+    Zero padding marked invalid made the network roughen the cells beside it: with the demo model on
+    a 90 x 90 domain padded to 96, the 4 cells next to the padding came out 2.4-2.8 x as rough as the
+    observed field; with the input itself mirrored, 0.8-1.9 x (3 seeds). A mirrored border continues
+    the field with its own scales, like the crops the network was trained on.
+    """
+
+    def __init__(self, height: int, width: int, ph: int, pw: int) -> None:
+        self.rows = torch.from_numpy(np.pad(np.arange(height), (0, ph - height), mode="symmetric"))
+        self.cols = torch.from_numpy(np.pad(np.arange(width), (0, pw - width), mode="symmetric"))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x[..., self.rows.to(x.device), :][..., self.cols.to(x.device)]
+
+
 class DiffusionForecaster:
     """Ensemble forecasts from a Dynamical Diffusion checkpoint (the :class:`Forecaster` contract).
 
@@ -497,27 +515,28 @@ class DiffusionForecaster:
         height, width = ctx.shape[-2:]
         mult = m.denoiser.net.size_multiple
         full = not m.denoiser.net.cfg.spatial_attention and height * width <= FULL_DOMAIN_CELLS
-        # A whole domain not a multiple of the network's size is padded with invalid cells. Motion-frame
-        # models learn such borders (trajectories leave the grid); models trained on crops of a wholly
-        # valid grid (weather) never saw one, so they run on tiles of their training size instead.
+        # A whole domain not a multiple of the network's size is padded. Motion-frame models learn
+        # borders (trajectories leave the grid); models trained on crops of a wholly valid grid (weather)
+        # never saw one, so they run on tiles of their training size instead.
         padded = height % mult or width % mult
         full = full and (not padded or m.frame == "lagrangian" or min(height, width) < m.patch)
         if full:
             ph, pw = -(-height // mult) * mult, -(-width // mult) * mult
         else:
             ph, pw = max(height, m.patch), max(width, m.patch)
-        context = torch.zeros((p, c, ph, pw))
-        context[..., :height, :width] = torch.from_numpy(ctx)
+        pad = _MirrorPad(height, width, ph, pw)
+        context = pad(torch.from_numpy(ctx))
         rounds = math.ceil(lead_times / m.horizon)
-        masks = torch.zeros((rounds, s, 1, ph, pw))
+        masks = torch.stack(
+            [
+                pad(torch.from_numpy(np.asarray(valid[r * m.horizon : r * m.horizon + s], np.float32)))
+                for r in range(rounds)
+            ]
+        )
         k = len(m.covariates)
         extras = torch.zeros((rounds, k, ph, pw))
-        for r in range(rounds):
-            masks[r, ..., :height, :width] = torch.from_numpy(
-                np.asarray(valid[r * m.horizon : r * m.horizon + s], np.float32)
-            )
-            if k:
-                extras[r, :, :height, :width] = torch.from_numpy(extra[r])  # type: ignore[index]
+        for r in range(rounds if k else 0):
+            extras[r] = pad(torch.from_numpy(extra[r]))  # type: ignore[index]
         scale = None
         if m.departure_scale is not None:
             scale = torch.from_numpy(m.departure_scale).reshape(-1, 1, 1, 1).to(self.device)
@@ -527,9 +546,7 @@ class DiffusionForecaster:
             if m.diurnal_change is not None:
                 # The window of round r has its init frame r x L steps after the forecast's init time.
                 times = init + (np.arange(s) - (p - 1) + r * m.horizon) * m.time_step
-                path = torch.zeros((s, c, ph, pw))
-                path[..., :height, :width] = torch.from_numpy(diurnal.path(m.diurnal_change, times, p - 1))
-                path = path.to(self.device)
+                path = pad(torch.from_numpy(diurnal.path(m.diurnal_change, times, p - 1))).to(self.device)
             spaces.append(_Space(scale, path))
         steps, solve = self.timesteps, SOLVER_FUNCTIONS[cfg.solver]
         out = np.empty((n_members, lead_times, c, height, width), np.float32)
@@ -572,7 +589,8 @@ class DiffusionForecaster:
                     callback=tick,
                     **stochastic,
                 )
-                new = space.decode(window[:, p:], condition, p)
+                # The padding of the next round's context is mirrored again from the new frames.
+                new = pad(space.decode(window[:, p:], condition, p)[..., :height, :width])
                 leads.append(new.cpu())
                 # Each member continues from its own last P frames (autoregressive rollout).
                 state = torch.cat([state, new], 1)[:, -p:]
