@@ -81,6 +81,10 @@ Patch = Annotated[int, typer.Option(help="square crop size in grid points")]
 BatchSize = Annotated[int, typer.Option(help="windows per step")]
 LearningRate = Annotated[float, typer.Option(help="AdamW learning rate")]
 Eta = Annotated[float, typer.Option(help="DDIM stochasticity: 0 deterministic to 1 (fresh noise every step)")]
+ProbMatching = Annotated[
+    str,
+    typer.Option(help="cdf: members' rain given the last observation's values, ranks kept (STEPS); or none"),
+]
 
 
 def _floats(text: str | None, option: str) -> tuple[float, ...]:
@@ -328,6 +332,7 @@ def forecast(
         str,
         typer.Option(help="network arithmetic: fp32, bf16, or auto (bf16 where the hardware has it)"),
     ] = "fp32",
+    prob_matching: ProbMatching = "cdf",
     seed: Annotated[int, typer.Option(help="random seed; member k depends only on (seed, init time, k)")] = 0,
     batch_size: Annotated[int, typer.Option(help="members sampled together (memory; never the numbers)")] = 8,
     thresholds: Annotated[
@@ -355,7 +360,7 @@ def forecast(
     quiet: Annotated[bool, typer.Option(help="no progress bar (for scheduled jobs)")] = False,
 ) -> None:
     """Ensemble forecast written as CF NetCDF/zarr on the input's grid, with maps."""
-    from dydiff_earth import config, pipeline
+    from dydiff_earth import config, pipeline, probmatch
 
     if devices is not None and device != "auto":
         raise InputError("give --device (one device) or --devices (members split over several), not both")
@@ -373,6 +378,7 @@ def forecast(
             raise InputError(f"{name} must be at least 1, got {value}")
     config.check_choice(solver, config.SOLVERS, "--solver")
     config.check_choice(precision, config.PRECISIONS, "--precision")
+    config.check_choice(prob_matching, probmatch.MATCHINGS, "--prob-matching")
     request = pipeline.ForecastRequest(
         input=input_path,
         checkpoint=checkpoint,
@@ -388,6 +394,7 @@ def forecast(
             solver=solver,
             eta=eta,
             precision=precision,
+            prob_matching=prob_matching,
         ),
         thresholds=_floats(thresholds, "--thresholds"),
         output=output,
@@ -532,6 +539,7 @@ def skill(
     precision: Annotated[
         str, typer.Option(help="network arithmetic of the model systems: fp32, bf16 or auto")
     ] = "fp32",
+    prob_matching: ProbMatching = "cdf",
     thresholds: Annotated[
         str | None, typer.Option(help="event thresholds, e.g. 1,4 (variable units)")
     ] = None,
@@ -571,6 +579,7 @@ def skill(
             solver=solver,
             eta=eta,
             precision=precision,
+            prob_matching=prob_matching,
             thresholds=_floats(thresholds, "--thresholds"),
             seed=seed,
             report_dir=report,

@@ -108,6 +108,10 @@ class ForecastConfig:
     #: only; the solver's steps, mixing and un-mixing stay in float32 with float64 coefficients), or
     #: "auto": bf16 where the device computes in bfloat16 in hardware, else fp32
     precision: str = "fp32"
+    #: what happens to precipitation-like (log1p) channels after sampling (:data:`probmatch.MATCHINGS`):
+    #: "cdf" gives each member the values of the last observation, its ranks kept (STEPS' probability
+    #: matching; docs/skill.md), "none" keeps them as sampled
+    prob_matching: str = "cdf"
 
 
 #: Reverse-process solvers a forecast may use (:mod:`dydiff_earth.sampling`).

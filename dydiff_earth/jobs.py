@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import pandas as pd
 
-from dydiff_earth import config, io, schema
+from dydiff_earth import config, io, probmatch, schema
 from dydiff_earth.errors import InputError, StaleInputError
 from dydiff_earth.sources import is_url
 
@@ -48,6 +48,8 @@ class JobConfig:
     #: reverse-process solver ("ddim" or "dpmpp2m") and network arithmetic ("fp32", "bf16" or "auto")
     solver: str = "dpmpp2m"
     precision: str = "fp32"
+    #: precipitation after sampling: "cdf" (given the last observation's values, ranks kept) or "none"
+    prob_matching: str = "cdf"
     thresholds: tuple[float, ...] = ()
     seed: int = 0
     output_dir: str = "forecasts"
@@ -120,6 +122,7 @@ def _check(job: JobConfig) -> None:
         )
     config.check_choice(job.solver, config.SOLVERS, "key 'solver'")
     config.check_choice(job.precision, config.PRECISIONS, "key 'precision'")
+    config.check_choice(job.prob_matching, probmatch.MATCHINGS, "key 'prob_matching'")
     for key in ("members", "sampling_steps", "batch_size", "coarsen"):
         if getattr(job, key) < 1:
             raise InputError(f"key {key!r} must be at least 1, not {getattr(job, key)}")
@@ -338,6 +341,7 @@ def _forecast_one(job: JobConfig, init: np.datetime64, inputs: tuple[LoadedModel
             batch_size=job.batch_size,
             solver=job.solver,
             precision=job.precision,
+            prob_matching=job.prob_matching,
         ),
         thresholds=job.thresholds,
         output=out,

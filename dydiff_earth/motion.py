@@ -46,6 +46,7 @@ def pysteps_methods(purpose: str) -> SimpleNamespace:
         # pysteps prints where it found its configuration file on import; keep stdout clean for pipelines.
         with contextlib.redirect_stdout(_stdio.StringIO()):
             from pysteps import extrapolation, motion, nowcasts
+            from pysteps.postprocessing.probmatching import nonparam_match_empirical_cdf
             from pysteps.utils.transformation import dB_transform
     except ImportError:
         raise InputError(f"{purpose} needs pysteps: pip install pysteps") from None
@@ -70,6 +71,7 @@ def pysteps_methods(purpose: str) -> SimpleNamespace:
         extrapolate=extrapolation.get_method("semilagrangian"),
         steps=nowcasts.get_method("steps"),
         db_transform=dB_transform,
+        match_cdf=nonparam_match_empirical_cdf,
     )
 
 

@@ -473,6 +473,7 @@ def skill(
     solver: str = "dpmpp2m",
     eta: float = 0.0,
     precision: str = "fp32",
+    prob_matching: str = "cdf",
     thresholds: Sequence[float] = (),
     pools: Sequence[int] | None = None,
     fss_windows: Sequence[int] = (5,),
@@ -510,9 +511,9 @@ def skill(
         spaced window starts.
     members, lead_times, sampling_steps, seed : int
         Ensemble size, lead times (default: the first checkpoint's horizon, else 12), solver steps, seed.
-    solver, eta, precision
-        The checkpoints' solver (``ddim``, ``dpmpp2m``), DDIM's stochasticity (0 to 1) and network
-        arithmetic (``fp32``, ``bf16``).
+    solver, eta, precision, prob_matching
+        The checkpoints' solver (``ddim``, ``dpmpp2m``), DDIM's stochasticity (0 to 1), network
+        arithmetic (``fp32``, ``bf16``) and what is done to their rain after sampling (``cdf``, ``none``).
     thresholds, pools, fss_windows : sequence
         Event thresholds (variable units), max-pool sizes (default 1, 4, 16 that fit the grid), FSS windows.
     context : int
@@ -535,14 +536,22 @@ def skill(
     SkillResult
     """
     from dydiff_earth.config import PRECISIONS, SOLVERS, ForecastConfig, check_choice
+    from dydiff_earth.probmatch import MATCHINGS
 
     cluster.check_options(workers, scheduler)
     if members < 1 or sampling_steps < 1 or (lead_times is not None and lead_times < 1):
         raise InputError("--members, --sampling-steps and --lead-times must be at least 1")
     check_choice(solver, SOLVERS, "--solver")
     check_choice(precision, PRECISIONS, "--precision")
+    check_choice(prob_matching, MATCHINGS, "--prob-matching")
     config = ForecastConfig(
-        members=members, sampling_steps=sampling_steps, seed=seed, solver=solver, eta=eta, precision=precision
+        members=members,
+        sampling_steps=sampling_steps,
+        seed=seed,
+        solver=solver,
+        eta=eta,
+        precision=precision,
+        prob_matching=prob_matching,
     )
     systems = _model_systems(data_source, checkpoints, time, config, device, None)
     names = list(systems[0].fields.names) if systems else None
@@ -570,6 +579,7 @@ def skill(
         "solver": solver,
         "eta": eta,
         "precision": precision,
+        "prob_matching": prob_matching,
         "thresholds": [float(t) for t in thresholds],
         "pools": list(pools),
         "fss_windows": list(windows),

@@ -271,9 +271,13 @@ def test_forecast_bad_output_suffix(inputs: dict[str, Path]) -> None:
     assert_user_error(forecast_args(inputs, output="forecast.txt"), "forecast.txt", ".nc", ".zarr")
 
 
-@pytest.mark.parametrize(("option", "value"), [("solver", "heun"), ("precision", "fp16")])
-def test_forecast_unknown_solver_or_precision(inputs: dict[str, Path], option: str, value: str) -> None:
-    assert_user_error(forecast_args(inputs, **{option: value}), f"--{option}", value)
+@pytest.mark.parametrize(
+    ("option", "value"), [("solver", "heun"), ("precision", "fp16"), ("prob_matching", "quantile")]
+)
+def test_forecast_unknown_solver_precision_or_matching(
+    inputs: dict[str, Path], option: str, value: str
+) -> None:
+    assert_user_error(forecast_args(inputs, **{option: value}), f"--{option.replace('_', '-')}", value)
 
 
 def test_forecast_in_emulated_bf16_runs_with_a_one_line_warning(

@@ -10,7 +10,7 @@ import xarray as xr
 from dydiff_earth import forecast as forecast_module
 from dydiff_earth import io, schema, testing
 from dydiff_earth.config import ForecastConfig
-from dydiff_earth.data import open_fields
+from dydiff_earth.data import denormalize, load_frames, open_fields
 from dydiff_earth.errors import InputError
 from dydiff_earth.forecast import (
     DiffusionForecaster,
@@ -38,7 +38,7 @@ def model(store: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 def _forecast(model, store, **kw) -> xr.Dataset:
-    options = {k: kw.pop(k) for k in ("batch_size", "solver", "precision", "eta") if k in kw}
+    options = {k: kw.pop(k) for k in ("batch_size", "solver", "precision", "eta", "prob_matching") if k in kw}
     cfg = ForecastConfig(sampling_steps=3, **{"batch_size": 8, **options})
     fields = open_fields(store, stats=model.variables)
     args = {"init_time": None, "lead_times": 2, "n_members": 4, "seed": 1} | kw
@@ -138,10 +138,35 @@ def test_eta_outside_ddim_or_its_range_is_an_input_error(model, cfg: ForecastCon
         DiffusionForecaster(model, cfg)
 
 
-@pytest.mark.parametrize(("key", "value"), [("solver", "heun"), ("precision", "fp16")])
-def test_unknown_solver_or_precision_is_an_input_error(model, key: str, value: str) -> None:
+@pytest.mark.parametrize(
+    ("key", "value"), [("solver", "heun"), ("precision", "fp16"), ("prob_matching", "quantile")]
+)
+def test_unknown_solver_precision_or_matching_is_an_input_error(model, key: str, value: str) -> None:
     with pytest.raises(InputError, match=f"{key} must be"):
         DiffusionForecaster(model, ForecastConfig(**{key: value}))
+
+
+def test_cdf_matching_gives_each_member_the_observed_values_in_its_own_ranks(model, store: Path) -> None:
+    sampled = _forecast(model, store, n_members=3, prob_matching="none")
+    matched = _forecast(model, store, n_members=3, prob_matching="cdf")
+    assert sampled.attrs["prob_matching"] == "none" and matched.attrs["prob_matching"].startswith("cdf")
+    # The last observation as the forecast reads it (normalised and back: dry is ~1e-8, not 0).
+    fields = open_fields(store, stats=model.variables)
+    last = len(fields.times) - 1
+    observed = denormalize(load_frames(fields, slice(last, last + 1)), model.variables)[0, 0]
+    covered = np.isfinite(matched["precip"].values[0, 0])
+    wet = observed[covered]
+    for before, after in zip(sampled["precip"].values, matched["precip"].values, strict=True):
+        for lead_before, lead_after in zip(before, after, strict=True):
+            b, a = lead_before[covered], lead_after[covered]
+            assert (a[b == 0] == wet.min()).all()  # dry stays dry
+            # Ranks kept: sorted by the sample (ties by the result), the result never decreases ...
+            assert (np.diff(a[np.lexsort((a, b))]) >= 0).all()
+            # ... and its values are the observed ones, the heaviest included.
+            assert np.isin(a, wet).all() and a.max() == wet.max()
+    # Each member on its own: the first two of three are the two of two.
+    pair = _forecast(model, store, n_members=2, prob_matching="cdf")
+    np.testing.assert_array_equal(pair["precip"].values, matched["precip"].values[:2])
 
 
 def test_member_generator_keys() -> None:

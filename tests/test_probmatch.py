@@ -1,0 +1,43 @@
+"""Probability matching against brute force: the observed values, put where the member's ranks say."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dydiff_earth.probmatch import match_cdf
+
+
+def _brute_force(field: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Each value replaced by the target value of the same rank (counting the values below it)."""
+    ranked = np.sort(target)
+    return np.array([ranked[(field < v).sum()] for v in field])
+
+
+def test_each_member_gets_the_observed_values_in_its_own_ranks() -> None:
+    rng = np.random.default_rng(0)
+    observed = rng.gamma(0.6, 2.0, (2, 12, 10)).astype(np.float32) + np.float32(0.1)  # wet everywhere
+    observed[0, :3, :4] = np.nan  # no data
+    members = rng.gamma(1.0, 1.0, (3, 2, 2, 12, 10)).astype(np.float32) + np.float32(0.01)
+    out = match_cdf(members, observed, [0])
+    np.testing.assert_array_equal(out[:, :, 1], members[:, :, 1])  # channel not listed
+    np.testing.assert_array_equal(out[..., 0, :3, :4], members[..., 0, :3, :4])  # no observation there
+    seen = np.isfinite(observed[0])
+    for m in range(3):
+        for k in range(2):
+            expected = _brute_force(members[m, k, 0][seen], observed[0][seen])
+            np.testing.assert_array_equal(out[m, k, 0][seen], expected)
+
+
+def test_dry_stays_dry_and_a_wetter_observation_loses_its_lightest_rain() -> None:
+    observed = np.arange(1, 101, dtype=np.float32).reshape(1, 10, 10)  # wet everywhere, 1 to 100
+    member = np.zeros((1, 1, 1, 10, 10), np.float32)
+    member[..., 5:, :] = np.arange(50, dtype=np.float32).reshape(5, 10) + 1  # half dry, 1 to 50
+    out = match_cdf(member, observed, [0])[0, 0, 0]
+    # The member keeps its dry half; its wet half gets the heaviest half of the observed values, in order.
+    assert (out[:5] == 1).all()  # the observation's driest value stands for dry
+    np.testing.assert_array_equal(out[5:].ravel(), np.arange(51, 101, dtype=np.float32))
+
+
+def test_a_dry_observation_makes_a_dry_forecast() -> None:
+    members = np.random.default_rng(1).gamma(1.0, 1.0, (2, 3, 1, 8, 8)).astype(np.float32)
+    assert (match_cdf(members, np.zeros((1, 8, 8), np.float32), [0]) == 0).all()
