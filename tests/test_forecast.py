@@ -169,6 +169,20 @@ def test_cdf_matching_gives_each_member_the_observed_values_in_its_own_ranks(mod
     np.testing.assert_array_equal(pair["precip"].values, matched["precip"].values[:2])
 
 
+@pytest.mark.parametrize(("height", "width", "ph", "pw"), [(5, 7, 8, 16), (16, 24, 16, 32), (3, 2, 16, 16)])
+def test_padding_mirrors_the_field_at_its_south_and_east_edges(height, width, ph, pw) -> None:
+    """Padding wider than the field too (a small domain under a model's training patch)."""
+    field = torch.arange(2 * height * width, dtype=torch.float32).reshape(2, height, width)
+    padded = forecast_module._MirrorPad(height, width, ph, pw)(field)
+
+    def mirror(i: int, n: int) -> int:  # the edge cell repeated, then the field backwards, and so on
+        j = i % (2 * n)
+        return j if j < n else 2 * n - 1 - j
+
+    expected = field[:, [mirror(i, height) for i in range(ph)]][..., [mirror(i, width) for i in range(pw)]]
+    np.testing.assert_array_equal(padded.numpy(), expected.numpy())
+
+
 def test_member_generator_keys() -> None:
     t = np.datetime64("2024-06-01T12:00")
     a = torch_draw(member_generator(0, t, 3))
