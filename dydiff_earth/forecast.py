@@ -491,7 +491,7 @@ class DiffusionForecaster:
                 extra = [grid.at(init + r * m.horizon * fields.time_step) for r in range(span // m.horizon)]
             values = self.sample(np.nan_to_num(ctx), valid, init, lead_times, n_members, seed, extra)
         values = denormalize(values, m.variables)
-        rain = [c for c, spec in enumerate(m.variables) if spec.transform == "log1p"]
+        rain = probmatch.precipitation_channels(m.variables)
         if self.config.prob_matching == "cdf" and rain:
             observed = denormalize(ctx[-1], m.variables)
             observed[:, ~coverage] = np.nan  # matched over the points forecast
@@ -692,7 +692,7 @@ def _eta_note(cfg: ForecastConfig) -> str:
 
 
 def _matching_note(model: LoadedModel, cfg: ForecastConfig) -> str:
-    if not any(spec.transform == "log1p" for spec in model.variables):
+    if not probmatch.precipitation_channels(model.variables):
         return "none (no precipitation-like channel)"
     if cfg.prob_matching == "none":
         return "none"

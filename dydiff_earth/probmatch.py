@@ -5,6 +5,7 @@ way: too little at the first lead times, cores washed out, drizzle where it is d
 2006; pysteps' ``probmatching_method="cdf"``) corrects the same weakness of its own noise cascade by
 giving every forecast field the distribution of the observed field at the init time: the forecast keeps
 its ranks (where rain is heavier or lighter, where it is dry), the observation supplies the amounts.
+Drizzle in dry areas is thinned (the driest ranks take the observation's dry values), not removed.
 
 The cost is the growth and decay of the whole domain's rain distribution, which matching holds at its
 init-time value; what the model forecasts of where rain grows and decays stays. Each member is matched
@@ -19,11 +20,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dydiff_earth.data import VariableSpec
 from dydiff_earth.motion import pysteps_methods
 
 #: What a forecast does to its members' precipitation-like channels: ``cdf`` matches their distribution
 #: to the last observation's, ``none`` leaves them as sampled.
 MATCHINGS = ("cdf", "none")
+
+
+def precipitation_channels(variables: Sequence[VariableSpec]) -> list[int]:
+    """The channels matched: precipitation-like ones (``log1p``: non-negative, dry at exactly zero)."""
+    return [c for c, spec in enumerate(variables) if spec.transform == "log1p"]
 
 
 def match_cdf(members: np.ndarray, observed: np.ndarray, channels: Sequence[int]) -> np.ndarray:
@@ -57,4 +64,4 @@ def match_cdf(members: np.ndarray, observed: np.ndarray, channels: Sequence[int]
     return out
 
 
-__all__ = ["MATCHINGS", "match_cdf"]
+__all__ = ["MATCHINGS", "match_cdf", "precipitation_channels"]
