@@ -522,9 +522,10 @@ class DiffusionForecaster:
         height, width = ctx.shape[-2:]
         mult = m.denoiser.net.size_multiple
         full = not m.denoiser.net.cfg.spatial_attention and height * width <= FULL_DOMAIN_CELLS
-        # A whole domain not a multiple of the network's size is padded. Motion-frame models learn
-        # borders (trajectories leave the grid); models trained on crops of a wholly valid grid (weather)
-        # never saw one, so they run on tiles of their training size instead.
+        # A whole domain not a multiple of the network's size is padded by mirroring (_MirrorPad). Only
+        # motion-frame models, which learn borders where trajectories leave the grid, run padded; models
+        # trained on crops of a wholly valid grid (weather) were measured on tiles of their training size
+        # and keep them (whether mirrored padding serves them as well is not measured).
         padded = height % mult or width % mult
         full = full and (not padded or m.frame == "lagrangian" or min(height, width) < m.patch)
         if full:
