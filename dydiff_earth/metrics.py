@@ -24,6 +24,7 @@ from dydiff_earth.pointwise_metrics import (
     BIN,
     CRPS,
     MAE,
+    MSE,
     N_POINTS,
     RANK,
     RMSE,
@@ -49,6 +50,7 @@ __all__ = [
     "CRPS",
     "FSS",
     "MAE",
+    "MSE",
     "N_POINTS",
     "POOL",
     "RANK",
@@ -367,8 +369,9 @@ def score_all(
         thresholds ``csi``, ``pod``, ``far``, ``frequency_bias``, ``ets``, ``fss``, ``brier``,
         ``reliability_*``), named ``<var>_<score>`` when the forecast holds several variables. Dims
         ``lead_time`` plus ``threshold``, ``pool``, ``scale``, ``rank``, ``bin``, ``wavenumber`` where
-        they apply. With an ``init_time`` dim also ``crps_fair_by_init_time`` (``lead_time, init_time``):
-        the fair CRPS of each case, averaged over space only.
+        they apply. With an ``init_time`` dim also ``crps_fair_by_init_time`` and ``mse_by_init_time``
+        (``lead_time, init_time``): the fair CRPS and the ensemble mean's squared error of each case,
+        averaged over space only.
     """
     names = [str(n) for n, v in forecast.data_vars.items() if ensemble_dim in v.dims]
     if not names:
@@ -381,8 +384,11 @@ def score_all(
     )
     out: dict[str, xr.DataArray] = {}
     for name in names:
-        # One fair CRPS per case too, when there are several: confidence intervals resample cases.
-        cases = (CRPS(fair=True, ensemble_dim=ensemble_dim, keep=(INIT_TIME,)),)
+        # One fair CRPS and MSE per case too, when there are several: confidence intervals resample cases.
+        cases = (
+            CRPS(fair=True, ensemble_dim=ensemble_dim, keep=(INIT_TIME,)),
+            MSE(ensemble_dim=ensemble_dim, keep=(INIT_TIME,)),
+        )
         extra = cases if INIT_TIME in truth[name].dims else ()
         # Every metric returns the same n_points, so compat="override" loses nothing.
         ds = xr.merge(

@@ -32,7 +32,7 @@ from typing import Protocol
 
 import numpy as np
 import xarray as xr
-from scores.continuous import mae, mean_error, rmse
+from scores.continuous import mae, mean_error, mse, rmse
 from scores.probability import brier_score_for_ensemble, crps_for_ensemble
 
 from dydiff_earth.schema import LEAD_TIME, MEMBER, THRESHOLD
@@ -85,6 +85,14 @@ def finish(variables: Mapping[str, xr.DataArray], valid: xr.DataArray) -> xr.Dat
     n_points.attrs = {"long_name": "number of verified points", "units": "1"}
     ds = xr.Dataset({**variables, N_POINTS: n_points})
     return ds.transpose(LEAD_TIME, THRESHOLD, ..., missing_dims="ignore")
+
+
+def _kept(name: str, long_name: str, keep: tuple[str, ...]) -> tuple[str, str]:
+    """A score's variable and long name with the dims it keeps: ``crps_fair_by_init_time``."""
+    return (
+        name + "".join(f"_by_{d}" for d in keep),
+        long_name + "".join(f" per {d.replace('_', ' ')}" for d in keep),
+    )
 
 
 def named(da: xr.DataArray, long_name: str, units: str) -> xr.DataArray:
@@ -151,8 +159,7 @@ class CRPS:
         reduce = [d for d in _reduce_dims(y) if d not in self.keep]
         crps = crps_for_ensemble(fc, y, self.ensemble_dim, method=method, reduce_dims=reduce)
         name, long_name = ("crps_fair", "fair ensemble CRPS") if self.fair else ("crps", "ensemble CRPS")
-        name += "".join(f"_by_{d}" for d in self.keep)
-        long_name += "".join(f" per {d.replace('_', ' ')}" for d in self.keep)
+        name, long_name = _kept(name, long_name, self.keep)
         return finish({name: named(crps, long_name, truth_units(truth))}, valid)
 
 
@@ -246,6 +253,25 @@ class RMSE:
         return _ensemble_mean_score(
             forecast, truth, self.ensemble_dim, rmse, "rmse", "RMSE of the ensemble mean"
         )
+
+
+@dataclass(frozen=True)
+class MSE:
+    """Mean squared error of the ensemble mean (``scores.continuous.mse``); variable ``mse``.
+
+    ``keep`` as in :class:`CRPS`: ``("init_time",)`` gives ``mse_by_init_time``, one score per case, from
+    which a bootstrap over cases forms the RMSE of each resample (the root of its mean).
+    """
+
+    ensemble_dim: str = MEMBER
+    keep: tuple[str, ...] = ()
+
+    def compute(self, forecast: xr.DataArray, truth: xr.DataArray) -> xr.Dataset:
+        fc, y, valid = align_and_mask(forecast, truth, self.ensemble_dim)
+        reduce = [d for d in _reduce_dims(y) if d not in self.keep]
+        value = mse(fc.mean(self.ensemble_dim, skipna=False), y, reduce_dims=reduce)
+        name, long_name = _kept("mse", "MSE of the ensemble mean", self.keep)
+        return finish({name: named(value, long_name, f"({truth_units(truth)})2")}, valid)
 
 
 @dataclass(frozen=True)

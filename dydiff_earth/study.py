@@ -38,6 +38,7 @@ StudyProgress = Callable[[str, int, int], None]
 LOSSES = ("unmixed", "mixed")
 #: Scores of one case and lead time, per variable, from `metrics.score_all`.
 CASE_SCORE = "crps_fair_by_init_time"
+MSE_CASE_SCORE = "mse_by_init_time"
 
 
 @dataclass(frozen=True)
@@ -256,9 +257,15 @@ def learning_curve(
 
 
 def bootstrap_ratio(
-    test: np.ndarray, reference: np.ndarray, *, samples: int, seed: int = 0, level: float = 0.95
+    test: np.ndarray,
+    reference: np.ndarray,
+    *,
+    samples: int,
+    seed: int = 0,
+    level: float = 0.95,
+    root: bool = False,
 ) -> dict[str, np.ndarray | float]:
-    """Ratio of mean fair CRPS, ``test / reference``, with a percentile bootstrap interval.
+    """Ratio of a mean score (fair CRPS), ``test / reference``, with a percentile bootstrap interval.
 
     Parameters
     ----------
@@ -271,30 +278,37 @@ def bootstrap_ratio(
         the interval spans the variation of cases and of training runs alike.
     level : float
         Coverage of the interval.
+    root : bool
+        The scores are squared errors and the ratio is of their root means (RMSE): the root is taken
+        after averaging each resample, since RMSE is not a mean over cases.
 
     Returns
     -------
     dict
         ``ratio``, ``low``, ``high`` per lead time (arrays) and ``overall``, ``overall_low``,
-        ``overall_high``: the ratio of the CRPS averaged over lead times, each lead weighing the same.
+        ``overall_high``: the ratio of the score averaged over lead times, each lead weighing the same.
     """
     if test.ndim != 3 or test.shape != reference.shape:
         raise ValueError(
             "need (seeds, cases, leads) arrays of the same seeds and cases; "
             f"got {test.shape}, {reference.shape}"
         )
+
+    def score(x: np.ndarray) -> np.ndarray:  # per lead time
+        mean = x.mean(axis=(0, 1))
+        return np.sqrt(mean) if root else mean
+
     rng = np.random.default_rng(seed)
     seeds, cases, leads = test.shape
     per_lead = np.empty((samples, leads))
     overall = np.empty(samples)
     for b in range(samples):
         runs, pick = rng.integers(0, seeds, seeds), rng.integers(0, cases, cases)
-        t = test[runs][:, pick].mean(axis=(0, 1))
-        r = reference[runs][:, pick].mean(axis=(0, 1))
+        t, r = score(test[runs][:, pick]), score(reference[runs][:, pick])
         per_lead[b] = t / r
         overall[b] = t.mean() / r.mean()
     tail = 100 * (1 - level) / 2
-    t_mean, r_mean = test.mean(axis=(0, 1)), reference.mean(axis=(0, 1))
+    t_mean, r_mean = score(test), score(reference)
     return {
         "ratio": t_mean / r_mean,
         "low": np.percentile(per_lead, tail, axis=0),
@@ -317,12 +331,23 @@ def _crps(summary: dict, system: str) -> float:
     return float(np.mean([v for k, v in row.items() if k.endswith("crps_fair")]))
 
 
+def _listed(values: dict) -> dict:
+    return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in values.items()}
+
+
 def aggregate(study: GammaStudy, scores: xr.Dataset, curve: dict[int, dict], trained_steps: int) -> dict:
     """The study's numbers from the final skill run's scores and the learning curve's summaries."""
     cases = _mean_over_variables(scores, CASE_SCORE)
     cases = cases.transpose(schema.SYSTEM, schema.INIT_TIME, schema.LEAD_TIME)
     # A case without a verified point at some lead (an outage in the truth) has no score to resample.
-    cases = cases.isel({schema.INIT_TIME: np.isfinite(cases.values).all(axis=(0, 2))})
+    keep = np.isfinite(cases.values).all(axis=(0, 2))
+    cases = cases.isel({schema.INIT_TIME: keep})
+    # Squared errors per case, for the RMSE's interval (absent from scores written before they were kept).
+    squared = None
+    if any(str(n).endswith(MSE_CASE_SCORE) for n in scores.data_vars):
+        squared = (
+            _mean_over_variables(scores, MSE_CASE_SCORE).transpose(*cases.dims).isel({schema.INIT_TIME: keep})
+        )
     rmse = _mean_over_variables(scores, "rmse")
     ssr = _mean_over_variables(scores, "ssr")
     per_setting = {}
@@ -330,6 +355,7 @@ def aggregate(study: GammaStudy, scores: xr.Dataset, curve: dict[int, dict], tra
         names = [model_name(setting, k) for k in range(study.seeds)]
         per_setting[setting.name] = {
             "cases": cases.sel({schema.SYSTEM: names}).values,
+            "squared": None if squared is None else squared.sel({schema.SYSTEM: names}).values,
             "rmse": rmse.sel({schema.SYSTEM: names}).mean(schema.SYSTEM).values,
             "ssr": ssr.sel({schema.SYSTEM: names}).mean(schema.SYSTEM).values,
         }
@@ -352,7 +378,11 @@ def aggregate(study: GammaStudy, scores: xr.Dataset, curve: dict[int, dict], tra
         }
         if setting.name != reference:
             boot = bootstrap_ratio(one["cases"], ref_cases, samples=study.bootstrap)
-            row["ratio"] = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in boot.items()}
+            row["ratio"] = _listed(boot)
+            if squared is not None:
+                ref_squared = per_setting[reference]["squared"]
+                boot = bootstrap_ratio(one["squared"], ref_squared, samples=study.bootstrap, root=True)
+                row["rmse_ratio"] = _listed(boot)
         rows.append(row)
     persistence = cases.sel({schema.SYSTEM: "persistence"}).values.mean(axis=0)
     curve_rows = {

@@ -73,6 +73,7 @@ def markdown(numbers: Mapping) -> str:
             "fair CRPS",
             f"ratio to {reference} [95 % CI]",
             "RMSE of mean",
+            "RMSE ratio [95 % CI]",
             "spread/skill",
             "per seed",
         ],
@@ -82,18 +83,32 @@ def markdown(numbers: Mapping) -> str:
                 f"{r['crps_fair']:.4f}",
                 _ci(r["ratio"]) if "ratio" in r else "1 (reference)",
                 f"{r['rmse']:.4f}",
+                _ci(r["rmse_ratio"]) if "rmse_ratio" in r else ("1 (reference)" if "ratio" not in r else ""),
                 f"{r['ssr']:.2f}",
                 ", ".join(f"{v:.4f}" for v in r["crps_fair_by_seed"]),
             ]
             for r in rows
         ]
-        + [["persistence", f"{numbers['persistence']['crps_fair']:.4f}", "", "", "", ""]],
+        + [["persistence", f"{numbers['persistence']['crps_fair']:.4f}", "", "", "", "", ""]],
     )
     lines += ["", "Fair CRPS per lead time, and the ratio to the reference:", ""]
     lines += _table(
         ["lead", *names, *(f"{r['setting']} / {reference}" for r in others)],
         [
             [lead, *(f"{r['crps_fair_by_lead'][k]:.4f}" for r in rows), *(_ci(r["ratio"], k) for r in others)]
+            for k, lead in enumerate(leads)
+        ],
+    )
+    rmse_others = [r for r in others if "rmse_ratio" in r]
+    lines += ["", "RMSE of the ensemble mean per lead time, and the ratio to the reference:", ""]
+    lines += _table(
+        ["lead", *names, *(f"{r['setting']} / {reference}" for r in rmse_others)],
+        [
+            [
+                lead,
+                *(f"{r['rmse_by_lead'][k]:.4f}" for r in rows),
+                *(_ci(r["rmse_ratio"], k) for r in rmse_others),
+            ]
             for k, lead in enumerate(leads)
         ],
     )

@@ -82,6 +82,21 @@ def test_crps_by_init_time_matches_brute_force_and_averages_to_the_score() -> No
     np.testing.assert_allclose(whole["crps_fair"].values[0], got.values[0].mean(), rtol=1e-10)
 
 
+def test_mse_by_init_time_matches_brute_force_and_roots_to_the_rmse() -> None:
+    forecast, truth = make_pair(shape=(3, 2, 4, 5), members=3)
+    truth[0, 1, 2, 3] = np.nan
+    mean, y = forecast.values.mean(axis=0), truth.values
+    got = metrics.MSE(keep=(INIT_TIME,)).compute(forecast, truth)["mse_by_init_time"]
+    assert got.dims == (LEAD_TIME, INIT_TIME)
+    for i, lead in np.ndindex(3, 2):
+        np.testing.assert_allclose(
+            got.values[lead, i], np.nanmean((mean[i, lead] - y[i, lead]) ** 2), rtol=1e-10
+        )
+    # Lead 0 has no masked point, so every case weighs the same: the root of the case mean is the RMSE.
+    rmse = metrics.RMSE().compute(forecast, truth)["rmse"]
+    np.testing.assert_allclose(np.sqrt(got.values[0].mean()), rmse.values[0], rtol=1e-10)
+
+
 def test_fair_crps_of_one_member_is_mae() -> None:
     forecast, truth = make_pair(members=1)
     crps = metrics.CRPS(fair=True).compute(forecast, truth)["crps_fair"]

@@ -54,6 +54,20 @@ def test_bootstrap_of_a_constant_ratio_is_that_ratio_exactly() -> None:
     np.testing.assert_allclose(scaled["ratio"], 0.9, rtol=1e-12)
 
 
+def test_bootstrap_of_squared_errors_is_a_ratio_of_roots() -> None:
+    rng = np.random.default_rng(2)
+    reference = rng.gamma(2.0, 1.0, (2, 15, 3))
+    test = reference * rng.lognormal(0.0, 0.3, reference.shape)
+    boot = bootstrap_ratio(test, reference, samples=200, root=True)
+    per_lead = np.sqrt(test.mean(axis=(0, 1))) / np.sqrt(reference.mean(axis=(0, 1)))
+    np.testing.assert_allclose(boot["ratio"], per_lead, rtol=1e-12)
+    whole = np.sqrt(test.mean(axis=(0, 1))).mean() / np.sqrt(reference.mean(axis=(0, 1))).mean()
+    assert boot["overall"] == pytest.approx(whole, rel=1e-12)
+    assert boot["overall_low"] <= boot["overall"] <= boot["overall_high"]
+    scaled = bootstrap_ratio(0.81 * reference, reference, samples=100, root=True)
+    np.testing.assert_allclose([scaled["overall_low"], scaled["overall_high"]], 0.9, rtol=1e-12)
+
+
 def test_bootstrap_interval_covers_the_true_ratio_about_as_often_as_it_says() -> None:
     """Cases share their difficulty and seeds their luck (paired); the test system is 5 % better."""
     rng = np.random.default_rng(1)
@@ -99,8 +113,11 @@ def test_study_end_to_end_resumes_and_grows(tmp_path: Path) -> None:
     r05 = numbers["settings"][1]
     assert len(r05["crps_fair_by_seed"]) == 2 and r05["ratio"]["overall_low"] <= r05["ratio"]["overall_high"]
     assert np.isclose(r05["crps_fair"] / numbers["settings"][0]["crps_fair"], r05["ratio"]["overall"])
+    rmse = r05["rmse_ratio"]
+    assert len(rmse["ratio"]) == 2 and rmse["overall_low"] <= rmse["overall"] <= rmse["overall_high"]
     report = (study / "report.md").read_text()
     assert "| r0.5 |" in report and "crps-by-lead.png" in report
+    assert f"| {rmse['overall']:.3f} [{rmse['overall_low']:.3f}, {rmse['overall_high']:.3f}] |" in report
     assert (study / "skill" / "step2" / "index.html").is_file() and (study / "curve.png").stat().st_size > 0
     model = study / "models" / "r0.5-seed1.safetensors"
     assert io.load_checkpoint(model)[1]["diffusion"]["gamma_ratio"] == 0.5
