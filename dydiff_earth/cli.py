@@ -85,6 +85,10 @@ ProbMatching = Annotated[
     str,
     typer.Option(help="cdf: members' rain given the last observation's values, ranks kept (STEPS); or none"),
 ]
+Spacing = Annotated[
+    str,
+    typer.Option(help="solver steps evenly spaced in time (the paper's) or logsnr (log signal-to-noise)"),
+]
 
 
 def _floats(text: str | None, option: str) -> tuple[float, ...]:
@@ -333,6 +337,7 @@ def forecast(
         typer.Option(help="network arithmetic: fp32, bf16, or auto (bf16 where the hardware has it)"),
     ] = "fp32",
     prob_matching: ProbMatching = "cdf",
+    spacing: Spacing = "time",
     seed: Annotated[int, typer.Option(help="random seed; member k depends only on (seed, init time, k)")] = 0,
     batch_size: Annotated[int, typer.Option(help="members sampled together (memory; never the numbers)")] = 8,
     thresholds: Annotated[
@@ -379,6 +384,7 @@ def forecast(
     config.check_choice(solver, config.SOLVERS, "--solver")
     config.check_choice(precision, config.PRECISIONS, "--precision")
     config.check_choice(prob_matching, probmatch.MATCHINGS, "--prob-matching")
+    config.check_choice(spacing, config.SPACINGS, "--spacing")
     request = pipeline.ForecastRequest(
         input=input_path,
         checkpoint=checkpoint,
@@ -395,6 +401,7 @@ def forecast(
             eta=eta,
             precision=precision,
             prob_matching=prob_matching,
+            spacing=spacing,
         ),
         thresholds=_floats(thresholds, "--thresholds"),
         output=output,
@@ -540,6 +547,7 @@ def skill(
         str, typer.Option(help="network arithmetic of the model systems: fp32, bf16 or auto")
     ] = "fp32",
     prob_matching: ProbMatching = "cdf",
+    spacing: Spacing = "time",
     thresholds: Annotated[
         str | None, typer.Option(help="event thresholds, e.g. 1,4 (variable units)")
     ] = None,
@@ -580,6 +588,7 @@ def skill(
             eta=eta,
             precision=precision,
             prob_matching=prob_matching,
+            spacing=spacing,
             thresholds=_floats(thresholds, "--thresholds"),
             seed=seed,
             report_dir=report,

@@ -112,8 +112,13 @@ class ForecastConfig:
     #: "cdf" gives each member the values of the last observation, its ranks kept (STEPS' probability
     #: matching; docs/skill.md), "none" keeps them as sampled
     prob_matching: str = "cdf"
+    #: where the solver's steps lie between 981 and 1 (:data:`SPACINGS`): "time", evenly in the
+    #: diffusion step (the paper's), or "logsnr", evenly in log signal-to-noise ratio (DPM-Solver's)
+    spacing: str = "time"
 
 
+#: Spacings of the solver's steps (:func:`dydiff_earth.forecast.sampling_timesteps`).
+SPACINGS = ("time", "logsnr")
 #: Reverse-process solvers a forecast may use (:mod:`dydiff_earth.sampling`).
 SOLVERS = ("ddim", "dpmpp2m")
 LR_SCHEDULES = ("constant", "cosine")
@@ -235,6 +240,7 @@ __all__ = [
     "PRECISIONS",
     "PRESETS",
     "SOLVERS",
+    "SPACINGS",
     "DiffusionConfig",
     "ForecastConfig",
     "ModelConfig",

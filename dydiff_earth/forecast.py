@@ -24,6 +24,7 @@ from dydiff_earth import __version__, covariates, diurnal, io, motion, probmatch
 from dydiff_earth.config import (
     PRECISIONS,
     SOLVERS,
+    SPACINGS,
     DiffusionConfig,
     ForecastConfig,
     ModelConfig,
@@ -34,7 +35,7 @@ from dydiff_earth.diffusion import Denoiser, Schedule, make_schedule
 from dydiff_earth.errors import InputError
 from dydiff_earth.model import ConditionedDenoiser, channels_last
 from dydiff_earth.patches import blend_weight, tiles, window_motion
-from dydiff_earth.sampling import ddim_timesteps, sample_ddim, sample_dpmpp_2m
+from dydiff_earth.sampling import ddim_timesteps, logsnr_timesteps, sample_ddim, sample_dpmpp_2m
 
 #: Models shipped inside the package, resolvable by name (``--checkpoint demo``).
 MODELS_DIR = Path(__file__).parent / "models"
@@ -52,6 +53,10 @@ FULL_DOMAIN_CELLS = 512 * 512
 #: The solver function of each ``ForecastConfig.solver`` and how provenance names it.
 SOLVER_FUNCTIONS = {"ddim": sample_ddim, "dpmpp2m": sample_dpmpp_2m}
 SOLVER_NOTES = {"ddim": "ddim", "dpmpp2m": "dpm-solver++(2m) (Lu et al. 2022), data prediction"}
+SPACING_NOTES = {
+    "time": "steps evenly spaced in time from 981 to 1",
+    "logsnr": "steps evenly spaced in log signal-to-noise ratio from 981 to 1",
+}
 PRECISION_NOTES = {
     "fp32": "float32",
     "bf16": "bfloat16 autocast on the network call; solver, mixing and un-mixing in float32",
@@ -126,14 +131,18 @@ def member_generator(seed: int, init_time: np.datetime64, member: int) -> torch.
     return torch.Generator(device="cpu").manual_seed(int(entropy.generate_state(1, np.uint64)[0] >> 1))
 
 
-def sampling_timesteps(timesteps: int, steps: int) -> list[int]:
-    """Evenly spaced descending steps from the reference's first step (981 of 1000) down to 1.
+def sampling_timesteps(schedule: Schedule, steps: int, spacing: str = "time") -> list[int]:
+    """Descending solver steps from the reference's first step (981 of 1000) down to 1.
 
-    At 50 steps this is exactly the reference's schedule (981, 961, ..., 1). Unlike its "leading" rule it
-    still starts near pure noise with few steps; unlike "trailing" it avoids t = T - 1, where the clipped
-    cosine schedule leaves alpha_bar ~ 1e-9 and an epsilon model's x0 estimate is amplified without bound.
+    ``"time"``: evenly spaced in the diffusion step; at 50 steps exactly the reference's schedule (981,
+    961, ..., 1). Unlike its "leading" rule it still starts near pure noise with few steps; unlike
+    "trailing" it avoids t = T - 1, where the clipped cosine schedule leaves alpha_bar ~ 1e-9 and an
+    epsilon model's x0 estimate is amplified without bound. ``"logsnr"``: the same ends, evenly spaced in
+    log signal-to-noise ratio (:func:`~dydiff_earth.sampling.logsnr_timesteps`).
     """
-    first = ddim_timesteps(timesteps, min(50, timesteps))[0]
+    first = ddim_timesteps(schedule.timesteps, min(50, schedule.timesteps))[0]
+    if spacing == "logsnr":
+        return logsnr_timesteps(schedule, first, steps)
     return sorted({round(float(t)) for t in np.linspace(first, 1, steps)}, reverse=True)
 
 
@@ -447,6 +456,7 @@ class DiffusionForecaster:
         check_choice(config.solver, SOLVERS, "solver")
         check_choice(config.precision, PRECISIONS, "precision")
         check_choice(config.prob_matching, probmatch.MATCHINGS, "prob_matching")
+        check_choice(config.spacing, SPACINGS, "spacing")
         check_eta(config)
         device = torch.device(device)
         config = dataclasses.replace(config, precision=resolve_precision(config.precision, device))
@@ -454,7 +464,7 @@ class DiffusionForecaster:
 
     @property
     def timesteps(self) -> list[int]:
-        return sampling_timesteps(self.model.schedule.timesteps, self.config.sampling_steps)
+        return sampling_timesteps(self.model.schedule, self.config.sampling_steps, self.config.spacing)
 
     def __call__(
         self, inputs: Fields, *, init_time: str | None, lead_times: int, n_members: int, seed: int
@@ -714,7 +724,7 @@ def _provenance(
         "package_version": __version__,
         "seed": seed,
         "rng_scheme": RNG_SCHEME,
-        "sampler": f"{SOLVER_NOTES[cfg.solver]}{_eta_note(cfg)}, evenly spaced steps from 981 to 1",
+        "sampler": f"{SOLVER_NOTES[cfg.solver]}{_eta_note(cfg)}, {SPACING_NOTES[cfg.spacing]}",
         "sampling_steps": len(steps),
         "precision": f"{cfg.precision} ({PRECISION_NOTES[cfg.precision]})",
         "prob_matching": _matching_note(model, cfg),

@@ -50,6 +50,8 @@ class JobConfig:
     precision: str = "fp32"
     #: precipitation after sampling: "cdf" (given the last observation's values, ranks kept) or "none"
     prob_matching: str = "cdf"
+    #: solver steps evenly spaced in "time" (the paper's) or in "logsnr" (log signal-to-noise ratio)
+    spacing: str = "time"
     thresholds: tuple[float, ...] = ()
     seed: int = 0
     output_dir: str = "forecasts"
@@ -123,6 +125,7 @@ def _check(job: JobConfig) -> None:
     config.check_choice(job.solver, config.SOLVERS, "key 'solver'")
     config.check_choice(job.precision, config.PRECISIONS, "key 'precision'")
     config.check_choice(job.prob_matching, probmatch.MATCHINGS, "key 'prob_matching'")
+    config.check_choice(job.spacing, config.SPACINGS, "key 'spacing'")
     for key in ("members", "sampling_steps", "batch_size", "coarsen"):
         if getattr(job, key) < 1:
             raise InputError(f"key {key!r} must be at least 1, not {getattr(job, key)}")
@@ -342,6 +345,7 @@ def _forecast_one(job: JobConfig, init: np.datetime64, inputs: tuple[LoadedModel
             solver=job.solver,
             precision=job.precision,
             prob_matching=job.prob_matching,
+            spacing=job.spacing,
         ),
         thresholds=job.thresholds,
         output=out,

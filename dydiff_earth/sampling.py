@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -181,6 +182,24 @@ def _log_snr(schedule: Schedule, t: int) -> float:
     return 0.5 * math.log(a / (1 - a))
 
 
+def logsnr_timesteps(schedule: Schedule, first: int, steps: int) -> list[int]:
+    """``steps`` diffusion steps from ``first`` down to 1, evenly spaced in ``lambda_t`` (:func:`_log_snr`).
+
+    The spacing the DPM-Solver papers recommend for few steps (Lu et al. 2022): a solver step covers
+    the same change of log signal-to-noise ratio everywhere, so with the cosine schedule the steps crowd
+    near both ends, where ``lambda_t`` changes fastest, instead of spreading evenly in ``t``. Each target
+    ``lambda`` goes to the step whose ``lambda_t`` is nearest; steps that coincide are kept once, so
+    many steps may give fewer than asked.
+    """
+    if not 1 <= steps <= first:
+        raise InputError(f"sampling steps must lie in [1, {first}], not {steps}")
+    a = schedule.alpha_bar[: first + 1].numpy()
+    lam = 0.5 * np.log(a / (1 - a))  # decreasing in t
+    targets = np.linspace(lam[first], lam[1], steps) if steps > 1 else lam[[first]]
+    nearest = np.abs(lam[None, 1:] - targets[:, None]).argmin(axis=1) + 1
+    return sorted({int(t) for t in nearest}, reverse=True)
+
+
 @torch.no_grad()
 def sample_dpmpp_2m(
     denoise: Denoiser,
@@ -234,4 +253,4 @@ def sample_dpmpp_2m(
     return x0_hat
 
 
-__all__ = ["Callback", "ddim_timesteps", "sample_ddim", "sample_dpmpp_2m"]
+__all__ = ["Callback", "ddim_timesteps", "logsnr_timesteps", "sample_ddim", "sample_dpmpp_2m"]

@@ -474,6 +474,7 @@ def skill(
     eta: float = 0.0,
     precision: str = "fp32",
     prob_matching: str = "cdf",
+    spacing: str = "time",
     thresholds: Sequence[float] = (),
     pools: Sequence[int] | None = None,
     fss_windows: Sequence[int] = (5,),
@@ -511,9 +512,10 @@ def skill(
         spaced window starts.
     members, lead_times, sampling_steps, seed : int
         Ensemble size, lead times (default: the first checkpoint's horizon, else 12), solver steps, seed.
-    solver, eta, precision, prob_matching
+    solver, eta, precision, prob_matching, spacing
         The checkpoints' solver (``ddim``, ``dpmpp2m``), DDIM's stochasticity (0 to 1), network
-        arithmetic (``fp32``, ``bf16``) and what is done to their rain after sampling (``cdf``, ``none``).
+        arithmetic (``fp32``, ``bf16``), what is done to their rain after sampling (``cdf``, ``none``)
+        and the spacing of the solver's steps (``time``, ``logsnr``).
     thresholds, pools, fss_windows : sequence
         Event thresholds (variable units), max-pool sizes (default 1, 4, 16 that fit the grid), FSS windows.
     context : int
@@ -535,7 +537,7 @@ def skill(
     -------
     SkillResult
     """
-    from dydiff_earth.config import PRECISIONS, SOLVERS, ForecastConfig, check_choice
+    from dydiff_earth.config import PRECISIONS, SOLVERS, SPACINGS, ForecastConfig, check_choice
     from dydiff_earth.probmatch import MATCHINGS
 
     cluster.check_options(workers, scheduler)
@@ -544,6 +546,7 @@ def skill(
     check_choice(solver, SOLVERS, "--solver")
     check_choice(precision, PRECISIONS, "--precision")
     check_choice(prob_matching, MATCHINGS, "--prob-matching")
+    check_choice(spacing, SPACINGS, "--spacing")
     config = ForecastConfig(
         members=members,
         sampling_steps=sampling_steps,
@@ -552,6 +555,7 @@ def skill(
         eta=eta,
         precision=precision,
         prob_matching=prob_matching,
+        spacing=spacing,
     )
     systems = _model_systems(data_source, checkpoints, time, config, device, None)
     names = list(systems[0].fields.names) if systems else None
@@ -580,6 +584,7 @@ def skill(
         "eta": eta,
         "precision": precision,
         "prob_matching": prob_matching,
+        "spacing": spacing,
         "thresholds": [float(t) for t in thresholds],
         "pools": list(pools),
         "fss_windows": list(windows),

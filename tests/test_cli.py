@@ -272,9 +272,10 @@ def test_forecast_bad_output_suffix(inputs: dict[str, Path]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("option", "value"), [("solver", "heun"), ("precision", "fp16"), ("prob_matching", "quantile")]
+    ("option", "value"),
+    [("solver", "heun"), ("precision", "fp16"), ("prob_matching", "quantile"), ("spacing", "karras")],
 )
-def test_forecast_unknown_solver_precision_or_matching(
+def test_forecast_unknown_solver_precision_matching_or_spacing(
     inputs: dict[str, Path], option: str, value: str
 ) -> None:
     assert_user_error(forecast_args(inputs, **{option: value}), f"--{option.replace('_', '-')}", value)

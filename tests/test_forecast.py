@@ -38,7 +38,11 @@ def model(store: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 def _forecast(model, store, **kw) -> xr.Dataset:
-    options = {k: kw.pop(k) for k in ("batch_size", "solver", "precision", "eta", "prob_matching") if k in kw}
+    options = {
+        k: kw.pop(k)
+        for k in ("batch_size", "solver", "precision", "eta", "prob_matching", "spacing")
+        if k in kw
+    }
     cfg = ForecastConfig(sampling_steps=3, **{"batch_size": 8, **options})
     fields = open_fields(store, stats=model.variables)
     args = {"init_time": None, "lead_times": 2, "n_members": 4, "seed": 1} | kw
@@ -82,6 +86,7 @@ def test_solver_and_precision_change_the_numbers_not_the_member_contract(model, 
     dpm = _forecast(model, store, n_members=3, solver="dpmpp2m")
     bf16 = _forecast(model, store, n_members=3, solver="dpmpp2m", precision="bf16")
     assert dpm.attrs["sampler"].startswith("dpm-solver++(2m)") and ddim.attrs["sampler"].startswith("ddim")
+    assert dpm.attrs["sampler"].endswith("evenly spaced in time from 981 to 1")
     assert bf16.attrs["precision"].startswith("bf16") and dpm.attrs["precision"].startswith("fp32")
     a, b, c = (ds["precip"].values for ds in (ddim, dpm, bf16))
     finite = np.isfinite(a)
@@ -91,6 +96,16 @@ def test_solver_and_precision_change_the_numbers_not_the_member_contract(model, 
     assert np.abs(c[finite] - b[finite]).mean() < 0.1 * np.abs(b[finite]).mean() + 0.1
     one_by_one = _forecast(model, store, n_members=3, solver="dpmpp2m", precision="bf16", batch_size=1)
     np.testing.assert_array_equal(one_by_one["precip"].values, c)
+
+
+def test_logsnr_spacing_is_recorded_and_keeps_the_member_contract(model, store: Path) -> None:
+    spaced = _forecast(model, store, n_members=3, spacing="logsnr")
+    assert spaced.attrs["sampler"].endswith("evenly spaced in log signal-to-noise ratio from 981 to 1")
+    two = _forecast(model, store, n_members=2, spacing="logsnr")
+    np.testing.assert_array_equal(two["precip"].values, spaced["precip"].values[:2])
+    timed = _forecast(model, store, n_members=2)  # 3 steps: 981, 491, 1 against 981, 327, 1
+    finite = np.isfinite(timed["precip"].values)
+    assert not np.allclose(timed["precip"].values[finite], two["precip"].values[finite])
 
 
 def test_auto_precision_is_bf16_only_where_the_hardware_has_it(model, store: Path, monkeypatch) -> None:
@@ -139,9 +154,10 @@ def test_eta_outside_ddim_or_its_range_is_an_input_error(model, cfg: ForecastCon
 
 
 @pytest.mark.parametrize(
-    ("key", "value"), [("solver", "heun"), ("precision", "fp16"), ("prob_matching", "quantile")]
+    ("key", "value"),
+    [("solver", "heun"), ("precision", "fp16"), ("prob_matching", "quantile"), ("spacing", "karras")],
 )
-def test_unknown_solver_precision_or_matching_is_an_input_error(model, key: str, value: str) -> None:
+def test_unknown_solver_precision_matching_or_spacing_is_an_input_error(model, key: str, value: str) -> None:
     with pytest.raises(InputError, match=f"{key} must be"):
         DiffusionForecaster(model, ForecastConfig(**{key: value}))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor
@@ -19,7 +20,7 @@ from dydiff_earth.diffusion import (
     theta_bar_at,
 )
 from dydiff_earth.errors import InputError
-from dydiff_earth.sampling import ddim_timesteps, sample_ddim, sample_dpmpp_2m
+from dydiff_earth.sampling import ddim_timesteps, logsnr_timesteps, sample_ddim, sample_dpmpp_2m
 
 P, SHAPE = 3, (2, 5, 2, 4, 4)
 
@@ -37,6 +38,26 @@ def test_ddim_timesteps_reference_spacing() -> None:
     assert ddim_timesteps(1000, 1, "trailing") == [999]
     with pytest.raises(InputError):
         ddim_timesteps(1000, 0)
+
+
+def test_logsnr_timesteps_are_the_nearest_steps_to_evenly_spaced_log_snr() -> None:
+    schedule = make_schedule(DiffusionConfig())
+    a = schedule.alpha_bar.numpy()
+    lam = 0.5 * np.log(a / (1 - a))
+    for steps in (2, 5, 10, 50):
+        ts = logsnr_timesteps(schedule, 981, steps)
+        assert ts[0] == 981 and ts[-1] == 1 and ts == sorted(set(ts), reverse=True)
+        targets = np.linspace(lam[981], lam[1], steps)
+        # Brute force: no other step in 1..981 is nearer to any target than the one taken.
+        for t in ts:
+            target = targets[np.argmin(abs(targets - lam[t]))]
+            assert abs(lam[t] - target) == min(abs(lam[u] - target) for u in range(1, 982))
+    # The cosine schedule's log-SNR changes fastest near its ends, where the steps crowd.
+    assert logsnr_timesteps(schedule, 981, 5) == [981, 860, 327, 39, 1]
+    assert logsnr_timesteps(schedule, 981, 1) == [981]
+    assert len(logsnr_timesteps(schedule, 981, 981)) < 981  # coinciding steps are kept once
+    with pytest.raises(InputError):
+        logsnr_timesteps(schedule, 981, 0)
 
 
 def oracle(x0: Tensor, schedule: Schedule) -> Denoiser:
