@@ -21,6 +21,7 @@ import xarray as xr
 from matplotlib import colors as mcolors
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 from PIL import Image
 
 from dydiff_earth import schema
@@ -252,7 +253,10 @@ def _figure_size(n_panels: int, aspect: float) -> tuple[float, float]:
 
 def _new_figure(grid: _Grid, n_panels: int) -> tuple[Figure, list[Any]]:
     """A figure (no pyplot state) with ``n_panels`` map or image axes, decorated but empty."""
-    fig = Figure(figsize=_figure_size(n_panels, grid.aspect), dpi=DPI, layout="constrained")
+    # Fixed-aspect maps: compress removes the gaps between them. The padding keeps room for each panel's
+    # title, which the layout does not see on map axes (without it the suptitle ran over the middle one).
+    layout = ConstrainedLayoutEngine(compress=True, h_pad=0.12)
+    fig = Figure(figsize=_figure_size(n_panels, grid.aspect), dpi=DPI, layout=layout)
     FigureCanvasAgg(fig)
     ncols = min(n_panels, 5)
     nrows = -(-n_panels // ncols)
