@@ -193,8 +193,7 @@ def logsnr_timesteps(schedule: Schedule, first: int, steps: int) -> list[int]:
     """
     if not 1 <= steps <= first:
         raise InputError(f"sampling steps must lie in [1, {first}], not {steps}")
-    a = schedule.alpha_bar[: first + 1].numpy()
-    lam = 0.5 * np.log(a / (1 - a))  # decreasing in t
+    lam = np.array([_log_snr(schedule, t) for t in range(first + 1)])  # decreasing in t
     targets = np.linspace(lam[first], lam[1], steps) if steps > 1 else lam[[first]]
     nearest = np.abs(lam[None, 1:] - targets[:, None]).argmin(axis=1) + 1
     return sorted({int(t) for t in nearest}, reverse=True)
