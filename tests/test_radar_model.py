@@ -1,8 +1,8 @@
 """The shipped radar model's skill on the held-out MeteoSwiss event, against extrapolation in the same run.
 
 A guard, not the measurement: two init times, 4 members and the radar command's sampler (5 steps of
-DPM-Solver++(2M), evenly spaced in log signal-to-noise ratio) keep it to a few minutes on two cores. The full protocol (`radar-4km-v1`: 7 init
-times, 8 members, STEPS) is in `docs/skill.md`.
+DPM-Solver++(2M), evenly spaced in log signal-to-noise ratio) keep it to a few minutes on two cores. The
+full protocol (`radar-4km-v1`: 7 init times, 8 members, STEPS) is in `docs/skill.md`.
 Each bound sits between what `radar-4km-v1` scored in this setting and what the earlier radar model
 (observed frame, `tiny`, 500 steps) or extrapolation scored, so a regression to speckle, to a washed-out
 field or to an over-dispersed ensemble fails.
