@@ -86,8 +86,15 @@ ProbMatching = Annotated[
     typer.Option(help="cdf: members' rain given the last observation's values, ranks kept (STEPS); or none"),
 ]
 Spacing = Annotated[
-    str,
-    typer.Option(help="solver steps evenly spaced in time (the paper's) or logsnr (log signal-to-noise)"),
+    str | None,
+    typer.Option(
+        help="solver steps evenly spaced in time (the paper's) or logsnr (log signal-to-noise); "
+        "default: the checkpoint's recommendation, else time"
+    ),
+]
+SamplingSteps = Annotated[
+    int | None,
+    typer.Option(help="solver steps, fewer is faster; default: the checkpoint's recommendation, else 10"),
 ]
 
 
@@ -325,9 +332,7 @@ def forecast(
         int | None, typer.Option(help="lead times to forecast (default: trained horizon)")
     ] = None,
     members: Annotated[int, typer.Option(help="ensemble members")] = 8,
-    sampling_steps: Annotated[
-        int, typer.Option(help="solver steps: fewer is faster (the paper: 50 DDIM steps)")
-    ] = 10,
+    sampling_steps: SamplingSteps = None,
     solver: Annotated[
         str, typer.Option(help="dpmpp2m (DPM-Solver++(2M), second order), or ddim")
     ] = "dpmpp2m",
@@ -337,7 +342,7 @@ def forecast(
         typer.Option(help="network arithmetic: fp32, bf16, or auto (bf16 where the hardware has it)"),
     ] = "fp32",
     prob_matching: ProbMatching = "cdf",
-    spacing: Spacing = "time",
+    spacing: Spacing = None,
     seed: Annotated[int, typer.Option(help="random seed; member k depends only on (seed, init time, k)")] = 0,
     batch_size: Annotated[int, typer.Option(help="members sampled together (memory; never the numbers)")] = 8,
     thresholds: Annotated[
@@ -376,7 +381,7 @@ def forecast(
     _check_units(units)
     for name, value in (
         ("--members", members),
-        ("--sampling-steps", sampling_steps),
+        ("--sampling-steps", 1 if sampling_steps is None else sampling_steps),
         ("--batch-size", batch_size),
     ):
         if value < 1:
@@ -384,7 +389,8 @@ def forecast(
     config.check_choice(solver, config.SOLVERS, "--solver")
     config.check_choice(precision, config.PRECISIONS, "--precision")
     config.check_choice(prob_matching, probmatch.MATCHINGS, "--prob-matching")
-    config.check_choice(spacing, config.SPACINGS, "--spacing")
+    if spacing is not None:
+        config.check_choice(spacing, config.SPACINGS, "--spacing")
     request = pipeline.ForecastRequest(
         input=input_path,
         checkpoint=checkpoint,
@@ -540,14 +546,14 @@ def skill(
     lead_times: Annotated[
         int | None, typer.Option(help="lead times (default: model horizon, else 12)")
     ] = None,
-    sampling_steps: Annotated[int, typer.Option(help="solver steps of the model systems")] = 10,
+    sampling_steps: SamplingSteps = None,
     solver: Annotated[str, typer.Option(help="dpmpp2m or ddim, for the model systems")] = "dpmpp2m",
     eta: Eta = 0.0,
     precision: Annotated[
         str, typer.Option(help="network arithmetic of the model systems: fp32, bf16 or auto")
     ] = "fp32",
     prob_matching: ProbMatching = "cdf",
-    spacing: Spacing = "time",
+    spacing: Spacing = None,
     thresholds: Annotated[
         str | None, typer.Option(help="event thresholds, e.g. 1,4 (variable units)")
     ] = None,
@@ -696,6 +702,29 @@ def study(
         if "ratio" in row:
             console.print(verdict(row, numbers["reference"]), highlight=False, soft_wrap=True)
     console.print(f"wrote {report}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+@user_errors
+def recommend(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="checkpoint file (rewritten in place, weights unchanged)")
+    ],
+    sampling_steps: Annotated[int, typer.Option(help="solver steps its forecasts take when not told")],
+    spacing: Annotated[str, typer.Option(help="time or logsnr: where those steps lie")],
+    evidence: Annotated[
+        str | None, typer.Option(help="how the choice was measured, kept with it (shown by info)")
+    ] = None,
+) -> None:
+    """Record the sampler a checkpoint's forecasts and skill runs use unless given one."""
+    from dydiff_earth.forecast import recommend_sampler
+
+    recommend_sampler(checkpoint, sampling_steps, spacing, evidence)
+    console.print(
+        f"{checkpoint}: forecasts take {sampling_steps} steps, {spacing} spacing, unless told",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()

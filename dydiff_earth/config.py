@@ -90,9 +90,8 @@ class ForecastConfig:
     """Options that change a forecast's numbers; all recorded in its provenance."""
 
     members: int = 8
-    #: solver steps; 10 steps of DPM-Solver++(2M) score as 50 DDIM steps on the shipped models
-    #: (docs/benchmarks.md, Forecast speed)
-    sampling_steps: int = 10
+    #: solver steps; None: the checkpoint's recommendation, else 10 (:data:`DEFAULT_SAMPLER`)
+    sampling_steps: int | None = None
     seed: int = 0
     anchor_context: bool = True
     batch_size: int = 8
@@ -113,8 +112,16 @@ class ForecastConfig:
     #: matching; docs/skill.md), "none" keeps them as sampled
     prob_matching: str = "cdf"
     #: where the solver's steps lie between 981 and 1 (:data:`SPACINGS`): "time", evenly in the
-    #: diffusion step (the paper's), or "logsnr", evenly in log signal-to-noise ratio (DPM-Solver's)
-    spacing: str = "time"
+    #: diffusion step (the paper's), or "logsnr", evenly in log signal-to-noise ratio (DPM-Solver's);
+    #: None: the checkpoint's recommendation, else "time"
+    spacing: str | None = None
+
+
+#: The solver steps and spacing of a forecast that leaves them open (None) from a checkpoint that recommends
+#: none (``dydiff-earth recommend``). 10 steps of DPM-Solver++(2M) score as 50 DDIM steps on the shipped
+#: models (docs/benchmarks.md, Forecast speed); where the steps lie is worth as much, but differs by model
+#: (docs/benchmarks.md, Step spacing), hence a recommendation per checkpoint.
+DEFAULT_SAMPLER = {"sampling_steps": 10, "spacing": "time"}
 
 
 #: Spacings of the solver's steps (:func:`dydiff_earth.forecast.sampling_timesteps`).

@@ -22,6 +22,7 @@ import xarray as xr
 
 from dydiff_earth import __version__, covariates, diurnal, io, motion, probmatch, schema
 from dydiff_earth.config import (
+    DEFAULT_SAMPLER,
     PRECISIONS,
     SOLVERS,
     SPACINGS,
@@ -208,6 +209,7 @@ def load_model(name_or_path: str | Path, device: torch.device | str = "cpu") -> 
             raise KeyError(
                 f"frame {frame!r} with {diurnal.TENSOR} {'set' if change is not None else 'missing'}"
             )
+        check_sampler(meta.get("sampler", {}))
         names = tuple(meta.get("covariates", ()))
         if (names and not departures) or any(n not in covariates.NAMES for n in names):
             raise KeyError(f"covariates {', '.join(names)} in frame {frame!r}")
@@ -243,6 +245,40 @@ def load_model(name_or_path: str | Path, device: torch.device | str = "cpu") -> 
         departure_scale=None if scale is None else np.asarray(scale, np.float32),
         covariates=names,
         diurnal_change=None if change is None else change.double().numpy(),
+    )
+
+
+def check_sampler(sampler: dict) -> dict:
+    """``sampler``, a checkpoint's recommended solver steps and spacing (and the evidence for them), if
+    well formed; else a ``ValueError`` naming what is not."""
+    keys = {*DEFAULT_SAMPLER, "evidence"}
+    steps, spacing = sampler.get("sampling_steps", 1), sampler.get("spacing", "time")
+    if set(sampler) - keys or not isinstance(steps, int) or steps < 1 or spacing not in SPACINGS:
+        raise ValueError(f"recommended sampler {sampler}: expected {', '.join(sorted(keys))}")
+    return sampler
+
+
+def with_recommended_sampler(config: ForecastConfig, model: LoadedModel) -> ForecastConfig:
+    """``config`` with the sampler choices it leaves open (None) filled in: the checkpoint's recommendation
+    (``dydiff-earth recommend``, measured by whoever trained it), else :data:`DEFAULT_SAMPLER`."""
+    chosen = {**DEFAULT_SAMPLER, **model.meta.get("sampler", {})}
+    return dataclasses.replace(
+        config, **{k: chosen[k] for k in DEFAULT_SAMPLER if getattr(config, k) is None}
+    )
+
+
+def recommend_sampler(path: str | Path, sampling_steps: int, spacing: str, evidence: str | None) -> Path:
+    """Record in the checkpoint at ``path`` the solver steps and spacing its forecasts use when not told;
+    the file is rewritten atomically, its weights unchanged."""
+    check_choice(spacing, SPACINGS, "--spacing")
+    if sampling_steps < 1:
+        raise InputError(f"--sampling-steps must be at least 1, got {sampling_steps}")
+    p = Path(path)
+    file = p / "model.safetensors" if p.is_dir() else p
+    tensors, meta = io.load_checkpoint(p)
+    sampler = {"sampling_steps": sampling_steps, "spacing": spacing}
+    return io.save_checkpoint(
+        file, tensors, {**meta, "sampler": {**sampler, **({"evidence": evidence} if evidence else {})}}
     )
 
 
@@ -453,6 +489,7 @@ class DiffusionForecaster:
         device: torch.device | str = "cpu",
         progress: ProgressFn | None = None,
     ) -> None:
+        config = with_recommended_sampler(config, model)
         check_choice(config.solver, SOLVERS, "solver")
         check_choice(config.precision, PRECISIONS, "precision")
         check_choice(config.prob_matching, probmatch.MATCHINGS, "prob_matching")

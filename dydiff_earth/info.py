@@ -112,7 +112,8 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
     dict
         ``kind="checkpoint"``, ``path``, ``size_bytes``, ``sha256``, ``variables`` (name, units,
         transform), ``time_step``/``time_step_seconds``, ``context``, ``horizon``, ``patch``,
-        ``preset``, ``model``, ``gamma_ratio``, ``diffusion``, ``frame``, ``covariates``, ``grid``,
+        ``preset``, ``model``, ``gamma_ratio``, ``diffusion``, ``frame``, ``covariates``, ``sampler``
+        (the recommended solver steps and spacing, or None), ``grid``,
         ``training``
         (data, steps, losses, options), ``tensors`` and ``parameters``.
     """
@@ -159,6 +160,7 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
         "diffusion": diffusion,
         "frame": meta.get("frame", "eulerian"),
         "covariates": list(meta.get("covariates", [])),
+        "sampler": meta.get("sampler"),
         "grid": meta.get("grid"),
         "training": {
             "data": meta.get("data"),
@@ -444,6 +446,7 @@ def _checkpoint_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
         ("gamma ratio", _number(info["gamma_ratio"])),
         ("frame", str(info["frame"])),
         ("covariates", ", ".join(info["covariates"]) or "none"),
+        ("sampler", _sampler(info.get("sampler"))),
         ("trained grid", f"{grid.get('dims')} {grid.get('shape')}, grid mapping {grid.get('grid_mapping')}"),
         (
             "training data",
@@ -455,6 +458,13 @@ def _checkpoint_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
         ("package version", str(info.get("package_version"))),
     ]
     return rows
+
+
+def _sampler(sampler: dict[str, Any] | None) -> str:
+    if not sampler:
+        return "none recommended (forecasts default to 10 steps, time spacing)"
+    evidence = f" ({sampler['evidence']})" if sampler.get("evidence") else ""
+    return f"{sampler.get('sampling_steps', 10)} steps, {sampler.get('spacing', 'time')} spacing{evidence}"
 
 
 def _data_rows(info: dict[str, Any]) -> list[tuple[str, str]]:

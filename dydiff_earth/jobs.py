@@ -44,14 +44,15 @@ class JobConfig:
     checkpoint: str = "demo"
     members: int = 8
     lead_times: int = 0  # 0: the model's trained horizon
-    sampling_steps: int = 10
+    #: solver steps and their spacing, "time" (the paper's) or "logsnr" (log signal-to-noise ratio);
+    #: 0 and "": the checkpoint's recommendation, else 10 and "time"
+    sampling_steps: int = 0
     #: reverse-process solver ("ddim" or "dpmpp2m") and network arithmetic ("fp32", "bf16" or "auto")
     solver: str = "dpmpp2m"
     precision: str = "fp32"
     #: precipitation after sampling: "cdf" (given the last observation's values, ranks kept) or "none"
     prob_matching: str = "cdf"
-    #: solver steps evenly spaced in "time" (the paper's) or in "logsnr" (log signal-to-noise ratio)
-    spacing: str = "time"
+    spacing: str = ""
     thresholds: tuple[float, ...] = ()
     seed: int = 0
     output_dir: str = "forecasts"
@@ -125,12 +126,17 @@ def _check(job: JobConfig) -> None:
     config.check_choice(job.solver, config.SOLVERS, "key 'solver'")
     config.check_choice(job.precision, config.PRECISIONS, "key 'precision'")
     config.check_choice(job.prob_matching, probmatch.MATCHINGS, "key 'prob_matching'")
-    config.check_choice(job.spacing, config.SPACINGS, "key 'spacing'")
-    for key in ("members", "sampling_steps", "batch_size", "coarsen"):
+    if job.spacing:
+        config.check_choice(job.spacing, config.SPACINGS, "key 'spacing'")
+    for key in ("members", "batch_size", "coarsen"):
         if getattr(job, key) < 1:
             raise InputError(f"key {key!r} must be at least 1, not {getattr(job, key)}")
-    if job.lead_times < 0:
-        raise InputError(f"key 'lead_times' must be 0 (the model's horizon) or more, not {job.lead_times}")
+    for key, default in (
+        ("lead_times", "the model's horizon"),
+        ("sampling_steps", "the checkpoint's recommendation"),
+    ):
+        if getattr(job, key) < 0:
+            raise InputError(f"key {key!r} must be 0 ({default}) or more, not {getattr(job, key)}")
     _duration(job.max_input_age, "max_input_age")
     if job.retention.isdigit():
         if int(job.retention) < 1:
@@ -339,13 +345,13 @@ def _forecast_one(job: JobConfig, init: np.datetime64, inputs: tuple[LoadedModel
         lead_times=job.lead_times or None,
         forecast=config.ForecastConfig(
             members=job.members,
-            sampling_steps=job.sampling_steps,
+            sampling_steps=job.sampling_steps or None,
             seed=job.seed,
             batch_size=job.batch_size,
             solver=job.solver,
             precision=job.precision,
             prob_matching=job.prob_matching,
-            spacing=job.spacing,
+            spacing=job.spacing or None,
         ),
         thresholds=job.thresholds,
         output=out,

@@ -469,12 +469,12 @@ def skill(
     inits: int | None = None,
     members: int = 8,
     lead_times: int | None = None,
-    sampling_steps: int = 10,
+    sampling_steps: int | None = None,
     solver: str = "dpmpp2m",
     eta: float = 0.0,
     precision: str = "fp32",
     prob_matching: str = "cdf",
-    spacing: str = "time",
+    spacing: str | None = None,
     thresholds: Sequence[float] = (),
     pools: Sequence[int] | None = None,
     fss_windows: Sequence[int] = (5,),
@@ -511,11 +511,13 @@ def skill(
         Every ``init_stride``-th window start (default 4, protocol radar-4km-v1), or ``inits`` evenly
         spaced window starts.
     members, lead_times, sampling_steps, seed : int
-        Ensemble size, lead times (default: the first checkpoint's horizon, else 12), solver steps, seed.
+        Ensemble size, lead times (default: the first checkpoint's horizon, else 12), solver steps (default:
+        each checkpoint's recommendation, else 10), seed.
     solver, eta, precision, prob_matching, spacing
         The checkpoints' solver (``ddim``, ``dpmpp2m``), DDIM's stochasticity (0 to 1), network
         arithmetic (``fp32``, ``bf16``), what is done to their rain after sampling (``cdf``, ``none``)
-        and the spacing of the solver's steps (``time``, ``logsnr``).
+        and the spacing of the solver's steps (``time``, ``logsnr``; default: each checkpoint's
+        recommendation, else ``time``).
     thresholds, pools, fss_windows : sequence
         Event thresholds (variable units), max-pool sizes (default 1, 4, 16 that fit the grid), FSS windows.
     context : int
@@ -541,12 +543,14 @@ def skill(
     from dydiff_earth.probmatch import MATCHINGS
 
     cluster.check_options(workers, scheduler)
-    if members < 1 or sampling_steps < 1 or (lead_times is not None and lead_times < 1):
+    steps_given = 1 if sampling_steps is None else sampling_steps
+    if members < 1 or steps_given < 1 or (lead_times is not None and lead_times < 1):
         raise InputError("--members, --sampling-steps and --lead-times must be at least 1")
     check_choice(solver, SOLVERS, "--solver")
     check_choice(precision, PRECISIONS, "--precision")
     check_choice(prob_matching, MATCHINGS, "--prob-matching")
-    check_choice(spacing, SPACINGS, "--spacing")
+    if spacing is not None:
+        check_choice(spacing, SPACINGS, "--spacing")
     config = ForecastConfig(
         members=members,
         sampling_steps=sampling_steps,
@@ -558,6 +562,12 @@ def skill(
         spacing=spacing,
     )
     systems = _model_systems(data_source, checkpoints, time, config, device, None)
+    # Each model's own recommendation fills what the command left open: the report says what each used.
+    samplers = "; ".join(
+        f"{s.name}: {c.solver}, {c.sampling_steps} steps, {c.spacing} spacing"
+        for s in systems
+        for c in [s.forecaster.config]  # type: ignore[attr-defined]
+    )
     names = list(systems[0].fields.names) if systems else None
     fields = open_fields(data_source, names, time=time)
     base = _baseline_systems(fields, baselines, [s.name for s in systems], data_source, time)
@@ -585,6 +595,7 @@ def skill(
         "precision": precision,
         "prob_matching": prob_matching,
         "spacing": spacing,
+        "samplers": samplers,
         "thresholds": [float(t) for t in thresholds],
         "pools": list(pools),
         "fss_windows": list(windows),

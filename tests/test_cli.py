@@ -281,6 +281,22 @@ def test_forecast_unknown_solver_precision_matching_or_spacing(
     assert_user_error(forecast_args(inputs, **{option: value}), f"--{option.replace('_', '-')}", value)
 
 
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--sampling-steps", "0", "--spacing", "time"], ["--sampling-steps", "at least 1"]),
+        (["--sampling-steps", "5", "--spacing", "karras"], ["--spacing", "karras"]),
+    ],
+)
+def test_recommend_refuses_a_sampler_that_cannot_run(
+    inputs: dict[str, Path], tmp_path: Path, args: list[str], needles: list[str]
+) -> None:
+    ckpt = tmp_path / "model.safetensors"
+    ckpt.write_bytes(inputs["checkpoint"].read_bytes())
+    assert_user_error(["recommend", ckpt, *args], *needles, root=tmp_path)
+    assert ckpt.read_bytes() == inputs["checkpoint"].read_bytes()
+
+
 def test_forecast_in_emulated_bf16_runs_with_a_one_line_warning(
     inputs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -19,6 +19,7 @@ from dydiff_earth.forecast import (
     latest_complete_init,
     load_model,
     member_generator,
+    recommend_sampler,
 )
 
 
@@ -394,10 +395,52 @@ def test_a_context_without_valid_data_is_refused(model, tmp_path: Path) -> None:
         _forecast(model, store)
 
 
+def test_a_recommended_sampler_fills_only_what_the_forecast_leaves_open(store: Path, tmp_path: Path) -> None:
+    ckpt = testing.tiny_checkpoint(
+        tmp_path / "m.safetensors", open_fields(store), context=2, horizon=2, patch=16
+    )
+    before, _ = io.load_checkpoint(ckpt)
+    plain = DiffusionForecaster(load_model(ckpt))
+    assert (plain.config.sampling_steps, plain.config.spacing) == (10, "time")  # DEFAULT_SAMPLER
+    recommend_sampler(ckpt, 3, "logsnr", "measured on the probe")
+    after, meta = io.load_checkpoint(ckpt)
+    assert meta["sampler"] == {"sampling_steps": 3, "spacing": "logsnr", "evidence": "measured on the probe"}
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    model = load_model(ckpt)
+    told = _forecast(model, store, spacing="logsnr")  # 3 steps, as _forecast always asks
+    untold = DiffusionForecaster(model, ForecastConfig(batch_size=8))
+    assert untold.timesteps == [981, 327, 1]
+    fields = open_fields(store, stats=model.variables)
+    same = untold(fields, init_time=None, lead_times=2, n_members=4, seed=1)
+    np.testing.assert_array_equal(same["precip"].values, told["precip"].values)
+    assert same.attrs["sampler"] == told.attrs["sampler"]
+    # What the forecast does say wins, one choice at a time.
+    timed = DiffusionForecaster(model, ForecastConfig(spacing="time"))
+    assert (timed.config.sampling_steps, timed.config.spacing) == (3, "time")
+
+
+@pytest.mark.parametrize(("steps", "spacing"), [(0, "logsnr"), (5, "karras")])
+def test_recommending_a_sampler_that_cannot_run_is_an_input_error(
+    store: Path, tmp_path: Path, steps: int, spacing: str
+) -> None:
+    ckpt = testing.tiny_checkpoint(tmp_path / "m.safetensors", open_fields(store))
+    before = ckpt.read_bytes()
+    with pytest.raises(InputError, match=r"--sampling-steps|--spacing"):
+        recommend_sampler(ckpt, steps, spacing, None)
+    assert ckpt.read_bytes() == before
+
+
 @pytest.mark.parametrize(
     "lie",
-    [{"context": "four"}, {"variables": "twice"}, {"model": {"channels": [8]}}],
-    ids=["context", "variables", "shapes"],
+    [
+        {"context": "four"},
+        {"variables": "twice"},
+        {"model": {"channels": [8]}},
+        {"sampler": {"sampling_steps": 0}},
+        {"sampler": {"spacing": "karras"}},
+        {"sampler": {"solver": "heun"}},
+    ],
+    ids=["context", "variables", "shapes", "sampler-steps", "sampler-spacing", "sampler-key"],
 )
 def test_checkpoint_metadata_that_lies_is_refused(store: Path, tmp_path: Path, lie: dict) -> None:
     ckpt = testing.tiny_checkpoint(tmp_path / "m.safetensors", open_fields(store))

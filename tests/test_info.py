@@ -44,6 +44,8 @@ def test_describes_every_shipped_model(model: Path) -> None:
     assert described["preset"] in (*info.config.PRESETS, "custom")
     assert 0.0 <= described["gamma_ratio"] <= 1.0
     assert described["frame"] in motion.FRAMES
+    # Every shipped model says which sampler its forecasts take, and on what evidence.
+    assert described["sampler"]["spacing"] in info.config.SPACINGS and described["sampler"]["evidence"]
     assert described["training"]["steps"] >= 0 and described["training"]["data"]["frames"] > 0
     # Parameters counted from the header's shapes agree with the weights actually stored.
     tensors, _ = io.load_checkpoint(model)
@@ -63,6 +65,7 @@ def test_demo_by_name_as_text() -> None:
         "gamma ratio",
         "lagrangian",
         "sha256",
+        "5 steps, logsnr spacing",
     ):
         assert needle in out, (needle, out)
 

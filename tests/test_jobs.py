@@ -425,6 +425,8 @@ def test_retention_by_age_uses_init_times(tmp_path: Path, model: Path) -> None:
         ({"retention": "forever"}, "key 'retention' must be a duration"),
         ({"retention": 0}, "key 'retention' must keep at least 1"),
         ({"members": 0}, "key 'members' must be at least 1"),
+        ({"sampling_steps": -1}, "key 'sampling_steps' must be 0 (the checkpoint's recommendation) or more"),
+        ({"sampling_steps": "five"}, "key 'sampling_steps' must be an integer"),
         ({"solver": "euler"}, "key 'solver' must be ddim or dpmpp2m, not 'euler'"),
         ({"precision": "fp16"}, "key 'precision' must be fp32, bf16 or auto, not 'fp16'"),
         ({"prob_matching": "quantile"}, "key 'prob_matching' must be cdf or none, not 'quantile'"),

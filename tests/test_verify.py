@@ -183,3 +183,6 @@ def test_skill_with_a_tiny_checkpoint(tmp_path, store):
     scores = xr.open_dataset(tmp_path / "r" / "scores.nc")
     assert list(scores[schema.SYSTEM].values) == ["tiny", "persistence"]
     assert np.isfinite(scores["crps_fair"].sel(system="tiny")).all()
+    # The spacing left open is the checkpoint's default; the report says what the model used.
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["options"]["samplers"] == "tiny: dpmpp2m, 2 steps, time spacing"
