@@ -92,6 +92,13 @@ Spacing = Annotated[
         "default: the checkpoint's recommendation, else time"
     ),
 ]
+RainMask = Annotated[
+    bool,
+    typer.Option(
+        "--rain-mask/--no-rain-mask",
+        help="rain at lead k only within k cells of the observed rain (STEPS's mask)",
+    ),
+]
 SamplingSteps = Annotated[
     int | None,
     typer.Option(help="solver steps, fewer is faster; default: the checkpoint's recommendation, else 10"),
@@ -342,6 +349,7 @@ def forecast(
         typer.Option(help="network arithmetic: fp32, bf16, or auto (bf16 where the hardware has it)"),
     ] = "fp32",
     prob_matching: ProbMatching = "cdf",
+    rain_mask: RainMask = True,
     spacing: Spacing = None,
     seed: Annotated[int, typer.Option(help="random seed; member k depends only on (seed, init time, k)")] = 0,
     batch_size: Annotated[int, typer.Option(help="members sampled together (memory; never the numbers)")] = 8,
@@ -407,6 +415,7 @@ def forecast(
             eta=eta,
             precision=precision,
             prob_matching=prob_matching,
+            rain_mask=rain_mask,
             spacing=spacing,
         ),
         thresholds=_floats(thresholds, "--thresholds"),
@@ -553,6 +562,7 @@ def skill(
         str, typer.Option(help="network arithmetic of the model systems: fp32, bf16 or auto")
     ] = "fp32",
     prob_matching: ProbMatching = "cdf",
+    rain_mask: RainMask = True,
     spacing: Spacing = None,
     thresholds: Annotated[
         str | None, typer.Option(help="event thresholds, e.g. 1,4 (variable units)")
@@ -594,6 +604,7 @@ def skill(
             eta=eta,
             precision=precision,
             prob_matching=prob_matching,
+            rain_mask=rain_mask,
             spacing=spacing,
             thresholds=_floats(thresholds, "--thresholds"),
             seed=seed,

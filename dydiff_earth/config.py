@@ -111,6 +111,9 @@ class ForecastConfig:
     #: "cdf" gives each member the values of the last observation, its ranks kept (STEPS' probability
     #: matching; docs/skill.md), "none" keeps them as sampled
     prob_matching: str = "cdf"
+    #: precipitation-like channels rain at lead time k only within k cells of the rain observed at the
+    #: init time, fading over 10 cells beyond (STEPS's precipitation mask, :func:`probmatch.rain_mask`)
+    rain_mask: bool = True
     #: where the solver's steps lie between 981 and 1 (:data:`SPACINGS`): "time", evenly in the
     #: diffusion step (the paper's), or "logsnr", evenly in log signal-to-noise ratio (DPM-Solver's);
     #: None: the checkpoint's recommendation, else "time"

@@ -248,14 +248,13 @@ def load_model(name_or_path: str | Path, device: torch.device | str = "cpu") -> 
     )
 
 
-def check_sampler(sampler: dict) -> dict:
-    """``sampler``, a checkpoint's recommended solver steps and spacing (and the evidence for them), if
-    well formed; else a ``ValueError`` naming what is not."""
+def check_sampler(sampler: dict) -> None:
+    """A checkpoint's recommended solver steps and spacing (and the evidence for them) must be well formed:
+    else a ``ValueError`` naming them."""
     keys = {*DEFAULT_SAMPLER, "evidence"}
     steps, spacing = sampler.get("sampling_steps", 1), sampler.get("spacing", "time")
     if set(sampler) - keys or not isinstance(steps, int) or steps < 1 or spacing not in SPACINGS:
         raise ValueError(f"recommended sampler {sampler}: expected {', '.join(sorted(keys))}")
-    return sampler
 
 
 def with_recommended_sampler(config: ForecastConfig, model: LoadedModel) -> ForecastConfig:
@@ -531,6 +530,7 @@ class DiffusionForecaster:
             values = self.sample(np.nan_to_num(moved), valid, init, lead_times, n_members, seed)
             values = motion.from_motion_frame(values, velocity)
         else:
+            velocity = None
             valid = np.broadcast_to(coverage, (span, 1, *coverage.shape))
             extra = None
             if m.covariates:
@@ -539,9 +539,12 @@ class DiffusionForecaster:
             values = self.sample(np.nan_to_num(ctx), valid, init, lead_times, n_members, seed, extra)
         values = denormalize(values, m.variables)
         rain = probmatch.precipitation_channels(m.variables)
+        observed = denormalize(ctx[-1], m.variables)
+        observed[:, ~coverage] = np.nan  # masked and matched over the points forecast
+        if self.config.rain_mask:
+            for c in rain:
+                values[:, :, c] *= probmatch.rain_mask(observed[c], lead_times, velocity)
         if self.config.prob_matching == "cdf" and rain:
-            observed = denormalize(ctx[-1], m.variables)
-            observed[:, ~coverage] = np.nan  # matched over the points forecast
             values = probmatch.match_cdf(values, observed, rain)
         values[..., ~coverage] = np.nan
         return forecast_dataset(
@@ -747,6 +750,16 @@ def _matching_note(model: LoadedModel, cfg: ForecastConfig) -> str:
     return "cdf (each member's precipitation at each lead given the last observation's values, ranks kept)"
 
 
+def _mask_note(model: LoadedModel, cfg: ForecastConfig) -> str:
+    if not (cfg.rain_mask and probmatch.precipitation_channels(model.variables)):
+        return "none"
+    frame = ", moved with the rain's motion" if model.frame == "lagrangian" else ""
+    return (
+        f"rain at lead time k only within k cells of the rain observed at the init time{frame}, fading to "
+        f"0 over {probmatch.MASK_RIM} cells beyond (STEPS's precipitation mask)"
+    )
+
+
 def _provenance(
     model: LoadedModel, cfg: ForecastConfig, fields: Fields, idx: int, seed: int, steps: Sequence[int]
 ) -> dict:
@@ -765,6 +778,7 @@ def _provenance(
         "sampling_steps": len(steps),
         "precision": f"{cfg.precision} ({PRECISION_NOTES[cfg.precision]})",
         "prob_matching": _matching_note(model, cfg),
+        "rain_mask": _mask_note(model, cfg),
         "context_anchoring": int(cfg.anchor_context),
         "tile_overlap": cfg.tile_overlap,
         "clip_normalised": cfg.clip,

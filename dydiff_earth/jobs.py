@@ -52,6 +52,8 @@ class JobConfig:
     precision: str = "fp32"
     #: precipitation after sampling: "cdf" (given the last observation's values, ranks kept) or "none"
     prob_matching: str = "cdf"
+    #: rain at lead time k only within k cells of the rain observed at the init time (STEPS's mask)
+    rain_mask: bool = True
     spacing: str = ""
     thresholds: tuple[float, ...] = ()
     seed: int = 0
@@ -351,6 +353,7 @@ def _forecast_one(job: JobConfig, init: np.datetime64, inputs: tuple[LoadedModel
             solver=job.solver,
             precision=job.precision,
             prob_matching=job.prob_matching,
+            rain_mask=job.rain_mask,
             spacing=job.spacing or None,
         ),
         thresholds=job.thresholds,

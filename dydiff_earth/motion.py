@@ -46,6 +46,7 @@ def pysteps_methods(purpose: str) -> SimpleNamespace:
         # pysteps prints where it found its configuration file on import; keep stdout clean for pipelines.
         with contextlib.redirect_stdout(_stdio.StringIO()):
             from pysteps import extrapolation, motion, nowcasts
+            from pysteps.nowcasts.utils import compute_dilated_mask
             from pysteps.postprocessing.probmatching import nonparam_match_empirical_cdf
             from pysteps.utils.transformation import dB_transform
     except ImportError:
@@ -72,6 +73,7 @@ def pysteps_methods(purpose: str) -> SimpleNamespace:
         steps=nowcasts.get_method("steps"),
         db_transform=dB_transform,
         match_cdf=nonparam_match_empirical_cdf,
+        dilated_mask=compute_dilated_mask,
     )
 
 

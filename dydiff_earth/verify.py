@@ -474,6 +474,7 @@ def skill(
     eta: float = 0.0,
     precision: str = "fp32",
     prob_matching: str = "cdf",
+    rain_mask: bool = True,
     spacing: str | None = None,
     thresholds: Sequence[float] = (),
     pools: Sequence[int] | None = None,
@@ -513,9 +514,10 @@ def skill(
     members, lead_times, sampling_steps, seed : int
         Ensemble size, lead times (default: the first checkpoint's horizon, else 12), solver steps (default:
         each checkpoint's recommendation, else 10), seed.
-    solver, eta, precision, prob_matching, spacing
+    solver, eta, precision, prob_matching, rain_mask, spacing
         The checkpoints' solver (``ddim``, ``dpmpp2m``), DDIM's stochasticity (0 to 1), network
-        arithmetic (``fp32``, ``bf16``), what is done to their rain after sampling (``cdf``, ``none``)
+        arithmetic (``fp32``, ``bf16``), what is done to their rain after sampling (``cdf``, ``none``;
+        STEPS's rain mask or not)
         and the spacing of the solver's steps (``time``, ``logsnr``; default: each checkpoint's
         recommendation, else ``time``).
     thresholds, pools, fss_windows : sequence
@@ -559,6 +561,7 @@ def skill(
         eta=eta,
         precision=precision,
         prob_matching=prob_matching,
+        rain_mask=rain_mask,
         spacing=spacing,
     )
     systems = _model_systems(data_source, checkpoints, time, config, device, None)
@@ -594,6 +597,7 @@ def skill(
         "eta": eta,
         "precision": precision,
         "prob_matching": prob_matching,
+        "rain_mask": rain_mask,
         "spacing": spacing,
         "samplers": samplers,
         "thresholds": [float(t) for t in thresholds],

@@ -8,7 +8,7 @@ import torch
 import xarray as xr
 
 from dydiff_earth import forecast as forecast_module
-from dydiff_earth import io, schema, testing
+from dydiff_earth import io, probmatch, schema, testing
 from dydiff_earth.config import ForecastConfig
 from dydiff_earth.data import denormalize, load_frames, open_fields
 from dydiff_earth.errors import InputError
@@ -41,7 +41,7 @@ def model(store: Path, tmp_path_factory: pytest.TempPathFactory):
 def _forecast(model, store, **kw) -> xr.Dataset:
     options = {
         k: kw.pop(k)
-        for k in ("batch_size", "solver", "precision", "eta", "prob_matching", "spacing")
+        for k in ("batch_size", "solver", "precision", "eta", "prob_matching", "spacing", "rain_mask")
         if k in kw
     }
     cfg = ForecastConfig(sampling_steps=3, **{"batch_size": 8, **options})
@@ -161,6 +161,22 @@ def test_eta_outside_ddim_or_its_range_is_an_input_error(model, cfg: ForecastCon
 def test_unknown_solver_precision_matching_or_spacing_is_an_input_error(model, key: str, value: str) -> None:
     with pytest.raises(InputError, match=f"{key} must be"):
         DiffusionForecaster(model, ForecastConfig(**{key: value}))
+
+
+def test_the_rain_mask_weighs_each_lead_time_of_every_member(model, store: Path) -> None:
+    masked = _forecast(model, store, n_members=3, prob_matching="none")
+    free = _forecast(model, store, n_members=3, prob_matching="none", rain_mask=False)
+    assert masked.attrs["rain_mask"].startswith("rain at lead time k only within k cells")
+    assert free.attrs["rain_mask"] == "none"
+    fields = open_fields(store, stats=model.variables)
+    last = len(fields.times) - 1
+    observed = denormalize(load_frames(fields, slice(last, last + 1)), model.variables)[0, 0]
+    covered = np.isfinite(masked["precip"].values[0, 0])
+    observed[~covered] = np.nan
+    weights = probmatch.rain_mask(observed, 2)
+    assert (weights[:, covered] < 1).any()  # the mask does something here
+    expected = free["precip"].values * weights
+    np.testing.assert_allclose(masked["precip"].values[..., covered], expected[..., covered], rtol=1e-6)
 
 
 def test_cdf_matching_gives_each_member_the_observed_values_in_its_own_ranks(model, store: Path) -> None:

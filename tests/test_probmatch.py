@@ -1,10 +1,12 @@
-"""Probability matching against brute force: the observed values, put where the member's ranks say."""
+"""Probability matching against brute force: the observed values, put where the member's ranks say; the rain
+mask against distances counted cell by cell."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from dydiff_earth.probmatch import match_cdf
+from dydiff_earth.probmatch import MASK_RIM, match_cdf, rain_mask
 
 
 def _brute_force(field: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -41,3 +43,39 @@ def test_dry_stays_dry_and_a_wetter_observation_loses_its_lightest_rain() -> Non
 def test_a_dry_observation_makes_a_dry_forecast() -> None:
     members = np.random.default_rng(1).gamma(1.0, 1.0, (2, 3, 1, 8, 8)).astype(np.float32)
     assert (match_cdf(members, np.zeros((1, 8, 8), np.float32), [0]) == 0).all()
+
+
+def _mask_brute_force(wet: np.ndarray, k: int) -> np.ndarray:
+    """1 within ``k`` steps between edge neighbours of a wet cell, then down by 1 / (rim + 1) per step."""
+    cells = np.argwhere(wet)
+    rows, cols = np.indices(wet.shape)
+    steps = np.min([np.abs(rows - r) + np.abs(cols - c) for r, c in cells], axis=0)
+    return np.clip((k + MASK_RIM + 1 - steps) / (MASK_RIM + 1), 0.0, 1.0)
+
+
+def test_rain_mask_grows_one_cell_per_lead_time_then_fades_over_the_rim() -> None:
+    observed = np.zeros((40, 44), np.float32)
+    observed[10, 12] = 3.0
+    observed[25:28, 30:33] = 0.5
+    observed[5, 40] = 0.05  # drier than 0.1 mm h-1: not rain
+    observed[30:, :4] = np.nan  # no data: not rain
+    masks = rain_mask(observed, 4)
+    assert masks.shape == (4, 40, 44) and masks.dtype == np.float32
+    for k in range(4):
+        np.testing.assert_allclose(masks[k], _mask_brute_force(observed >= 0.1, k + 1), atol=1e-6)
+
+
+def test_rain_mask_moves_with_the_rain() -> None:
+    observed = np.zeros((40, 60), np.float32)
+    observed[18:22, 10:14] = 2.0
+    velocity = np.zeros((2, 40, 60), np.float32)
+    velocity[0] = 2.0  # 2 cells east per time step
+    moved, still = rain_mask(observed, 3, velocity), rain_mask(observed, 3)
+    for k in range(3):
+        shift = 2 * (k + 1)
+        np.testing.assert_allclose(moved[k][:, shift:], still[k][:, :-shift], atol=1e-6)
+
+
+@pytest.mark.parametrize("fill", [0.0, np.nan])
+def test_rain_mask_of_a_dry_or_missing_observation_is_zero(fill: float) -> None:
+    assert not rain_mask(np.full((8, 9), fill, np.float32), 2).any()

@@ -1,7 +1,7 @@
 """The shipped radar model's skill on the held-out MeteoSwiss event, against extrapolation in the same run.
 
-A guard, not the measurement: two init times, 4 members and the radar command's sampler (5 steps of
-DPM-Solver++(2M), evenly spaced in log signal-to-noise ratio) keep it to a few minutes on two cores. The
+A guard, not the measurement: two init times, 4 members and the sampler the checkpoint recommends (5 steps
+of DPM-Solver++(2M), evenly spaced in log signal-to-noise ratio) keep it to a few minutes on two cores. The
 full protocol (`radar-4km-v1`: 7 init times, 8 members, STEPS) is in `docs/skill.md`.
 Each bound sits between what `radar-4km-v1` scored in this setting and what the earlier radar model
 (observed frame, `tiny`, 500 steps) or extrapolation scored, so a regression to speckle, to a washed-out
@@ -48,8 +48,6 @@ def test_shipped_radar_model_beats_extrapolation(validation_event: Path, tmp_pat
         ["extrapolation"],
         inits=2,
         members=4,
-        sampling_steps=5,
-        spacing="logsnr",
         thresholds=(1.0, 4.0),
         report_dir=tmp_path / "report",
     )
