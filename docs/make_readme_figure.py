@@ -1,8 +1,8 @@
 """Regenerate the README's picture: a map of the embedded default forecast, drawn by the product.
 
 Runs exactly what the Quickstart's first command runs (the embedded synthetic sample, the shipped `demo`
-model, 8 members, 10 solver steps, seed 0) and copies its map of the first four members at the last lead
-time (+30 min) to ``docs/images/quickstart-map.png``::
+model, 8 members, the sampler it recommends, seed 0) and copies its map of the first four members at the
+last lead time (+30 min) to ``docs/images/quickstart-map.png``::
 
     python docs/make_readme_figure.py            # about 20 seconds on a 2-core CPU
 """
