@@ -461,10 +461,11 @@ def _checkpoint_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _sampler(sampler: dict[str, Any] | None) -> str:
+    chosen = {**config.DEFAULT_SAMPLER, **(sampler or {})}
+    text = f"{chosen['sampling_steps']} steps, {chosen['spacing']} spacing"
     if not sampler:
-        return "none recommended (forecasts default to 10 steps, time spacing)"
-    evidence = f" ({sampler['evidence']})" if sampler.get("evidence") else ""
-    return f"{sampler.get('sampling_steps', 10)} steps, {sampler.get('spacing', 'time')} spacing{evidence}"
+        return f"none recommended (forecasts default to {text})"
+    return text + (f" ({sampler['evidence']})" if sampler.get("evidence") else "")
 
 
 def _data_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
