@@ -541,7 +541,9 @@ class DiffusionForecaster:
         rain = probmatch.precipitation_channels(m.variables)
         observed = denormalize(ctx[-1], m.variables)
         observed[:, ~coverage] = np.nan  # masked and matched over the points forecast
-        if self.config.rain_mask:
+        if self.config.rain_mask and rain:
+            # Moved with the rain in every frame: a mask fixed on the grid would cut off fast rain.
+            velocity = window_motion(ctx, m.variables, m.context) if velocity is None else velocity
             for c in rain:
                 values[:, :, c] *= probmatch.rain_mask(observed[c], lead_times, velocity)
         if self.config.prob_matching == "cdf" and rain:
@@ -753,10 +755,9 @@ def _matching_note(model: LoadedModel, cfg: ForecastConfig) -> str:
 def _mask_note(model: LoadedModel, cfg: ForecastConfig) -> str:
     if not (cfg.rain_mask and probmatch.precipitation_channels(model.variables)):
         return "none"
-    frame = ", moved with the rain's motion" if model.frame == "lagrangian" else ""
     return (
-        f"rain at lead time k only within k cells of the rain observed at the init time{frame}, fading to "
-        f"0 over {probmatch.MASK_RIM} cells beyond (STEPS's precipitation mask)"
+        "rain at lead time k only within k cells of the rain observed at the init time, moved with the "
+        f"rain's motion, fading to 0 over {probmatch.MASK_RIM} cells beyond (STEPS's precipitation mask)"
     )
 
 

@@ -21,6 +21,7 @@ from dydiff_earth.forecast import (
     member_generator,
     recommend_sampler,
 )
+from dydiff_earth.patches import window_motion
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +174,8 @@ def test_the_rain_mask_weighs_each_lead_time_of_every_member(model, store: Path)
     observed = denormalize(load_frames(fields, slice(last, last + 1)), model.variables)[0, 0]
     covered = np.isfinite(masked["precip"].values[0, 0])
     observed[~covered] = np.nan
-    weights = probmatch.rain_mask(observed, 2)
+    context = load_frames(fields, slice(last - model.context + 1, last + 1))
+    weights = probmatch.rain_mask(observed, 2, window_motion(context, model.variables, model.context))
     assert (weights[:, covered] < 1).any()  # the mask does something here
     expected = free["precip"].values * weights
     np.testing.assert_allclose(masked["precip"].values[..., covered], expected[..., covered], rtol=1e-6)
