@@ -545,8 +545,7 @@ def skill(
     from dydiff_earth.probmatch import MATCHINGS
 
     cluster.check_options(workers, scheduler)
-    steps_given = 1 if sampling_steps is None else sampling_steps
-    if members < 1 or steps_given < 1 or (lead_times is not None and lead_times < 1):
+    if members < 1 or any(n is not None and n < 1 for n in (sampling_steps, lead_times)):
         raise InputError("--members, --sampling-steps and --lead-times must be at least 1")
     check_choice(solver, SOLVERS, "--solver")
     check_choice(precision, PRECISIONS, "--precision")

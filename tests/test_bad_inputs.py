@@ -197,6 +197,8 @@ def _cases() -> list[object]:
         "prepare-coarsen-big": ([*good["prepare"], "--coarsen", "99"], ["coarsen 99"]),
         "feed-frames": ([*good["feed"], "--frames", "0"], ["--frames"]),
         "skill-members": ([*good["skill"], "--members", "0"], ["--members"]),
+        "skill-steps-0": ([*good["skill"], "--sampling-steps", "0"], ["--sampling-steps"]),
+        "skill-leads-0": ([*good["skill"], "--lead-times", "0"], ["--lead-times"]),
         "evaluate-thresholds": ([*good["evaluate"], "--thresholds", "x"], ["--thresholds"]),
         "evaluate-not-a-forecast": (
             ["evaluate", "--forecast", "{not-a-forecast}", "--truth", "{good}"],
