@@ -69,6 +69,29 @@ def test_gradient_reaches_every_parameter() -> None:
     assert not missing
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_temporal_convolution_is_the_conv3d(memory_format: torch.memory_format) -> None:
+    # The temporal layer computes its (3, 1, 1) Conv3d as shifted 1x1 taps: same outputs and gradients.
+    from dydiff_earth.model import TemporalConv
+
+    torch.manual_seed(0)
+    conv = nn.Conv3d(6, 5, (3, 1, 1), padding=(1, 0, 0))
+    b, s = 3, 4
+    x = torch.randn(b * s, 6, 7, 9).contiguous(memory_format=memory_format).requires_grad_(True)
+    out = TemporalConv._temporal(conv, x, s)
+    grad_out = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x, conv.weight, conv.bias], grad_out)
+    ref = conv(x.reshape(b, s, 6, 7, 9).transpose(1, 2)).transpose(1, 2).reshape(b * s, 5, 7, 9)
+    want = torch.autograd.grad(ref, [x, conv.weight, conv.bias], grad_out)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-4)
+    # Frames of different windows do not mix: the first frame of window 1 ignores window 0's last.
+    x2 = x.detach().clone()
+    x2[s - 1] += 1.0
+    assert torch.equal(TemporalConv._temporal(conv, x2, s)[s], TemporalConv._temporal(conv, x, s)[s])
+
+
 def test_frames_interact_in_both_directions() -> None:
     # The temporal layers are bidirectional: the last frame informs the first and vice versa.
     torch.manual_seed(0)
