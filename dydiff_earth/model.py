@@ -92,19 +92,15 @@ class TemporalConv(nn.Module):
     def _temporal(conv: nn.Conv3d, x: Tensor, frames: int) -> Tensor:
         """Apply a ``(3, 1, 1)`` Conv3d to ``(B*S, C, H, W)`` viewed as ``(B, C, S, H, W)``.
 
-        Computed as one 1x1 2-D convolution that gives every frame its three taps, each added to the
-        frame it reaches: the numbers of ``conv`` up to rounding, with its weights as they are stored. On
-        CPU PyTorch runs a Conv3d of this shape with a slow generic kernel (a quarter of a radar network
-        call), where oneDNN takes the 2-D convolution.
+        Run as the 2-D convolution it is, a ``(3, 1)`` kernel over ``(frames, pixels)``, with the Conv3d's
+        own weights: on CPU with one thread PyTorch sends a Conv3d of this shape to a slow generic kernel
+        (a quarter of a radar network call), where oneDNN takes the 2-D one. For channels-last ``x`` (the
+        forecast's layout) the views cost no copy.
         """
         n, c, h, w = x.shape
-        cout = conv.out_channels
-        taps = conv.weight.permute(2, 0, 1, 3, 4).reshape(3 * cout, c, 1, 1)  # (tap, out, in)
-        z = F.conv2d(x, taps).reshape(n // frames, frames, 3, cout, h, w)
-        y = z[:, :, 1] + conv.bias[:, None, None]
-        y[:, 1:] += z[:, :-1, 0]  # tap 0 reads the previous frame (zero padding before the first)
-        y[:, :-1] += z[:, 1:, 2]  # tap 2 the next one
-        return y.reshape(n, cout, h, w)
+        windows = x.reshape(n // frames, frames, c, h * w).permute(0, 2, 1, 3)
+        y = F.conv2d(windows, conv.weight.squeeze(-1), conv.bias, padding=(1, 0))
+        return y.permute(0, 2, 1, 3).reshape(n, conv.out_channels, h, w)
 
 
 class _Attention(nn.Module):
