@@ -3,7 +3,9 @@
 Snapshots are the files ``train --snapshot-every N`` keeps (``<output>.step<N>.safetensors``). All of
 them and the baselines are scored in one `dydiff-earth skill` run, on the same init times and points, under
 a reduced protocol this CPU affords (few init times and members, the fast sampler): the curve shows where
-training stops paying, not the final scores (those come from the full protocol, `docs/skill.md`).
+training stops paying, not the final scores (those come from the full protocol, `docs/skill.md`). The
+network is scored as sampled (no probability matching, no rain mask), since the curve is about training.
+Each ``--snapshots`` glob is one curve, named after its files (two runs side by side: one plot, one run).
 
     .venv/bin/python benchmarks/training_curve.py --data runs/mch4.zarr --time 2017-01-31: \\
         --snapshots 'runs/radar.step*.safetensors' --out docs/images/radar-training-curve.png
@@ -32,11 +34,21 @@ def step_of(path: str) -> int:
     return int(match.group(1))
 
 
+def _run_name(path: str) -> str:
+    """The run a snapshot belongs to: its file name without ``.step<N>.safetensors``."""
+    return re.sub(r"\.step\d+\.safetensors$", "", Path(path).name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="observations: inputs and truth")
     parser.add_argument("--time", default=None, help="held-out period START:END")
-    parser.add_argument("--snapshots", required=True, help="glob of <name>.step<N>.safetensors files")
+    parser.add_argument(
+        "--snapshots",
+        required=True,
+        action="append",
+        help="glob of <name>.step<N>.safetensors files; repeat for several runs, one curve each",
+    )
     parser.add_argument("--baselines", default="persistence,extrapolation,steps")
     parser.add_argument("--inits", type=int, default=2)
     parser.add_argument("--members", type=int, default=4)
@@ -44,9 +56,13 @@ def main() -> None:
     parser.add_argument("--solver", default="dpmpp2m", help="dpmpp2m or ddim")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     args = parser.parse_args()
-    snapshots = sorted(glob.glob(args.snapshots), key=step_of)
-    if not snapshots:
-        raise SystemExit(f"no snapshot matches {args.snapshots!r}")
+    runs = []
+    for pattern in args.snapshots:
+        files = sorted(glob.glob(pattern), key=step_of)
+        if not files:
+            raise SystemExit(f"no snapshot matches {pattern!r}")
+        runs.append(files)
+    snapshots = [f for files in runs for f in files]
     with tempfile.TemporaryDirectory(prefix="curve_") as work:
         result = verify.skill(
             args.data,
@@ -57,15 +73,18 @@ def main() -> None:
             members=args.members,
             sampling_steps=args.sampling_steps,
             solver=args.solver,
+            prob_matching="none",
+            rain_mask=False,
             thresholds=(1.0,),
             report_dir=Path(work) / "report",
         )
     systems = result.summary["systems"]
     names = list(systems)
-    steps = [step_of(p) for p in snapshots]
-    crps = [systems[n]["crps_fair"] for n in names[: len(snapshots)]]
+    scores = iter(systems[n]["crps_fair"] for n in names[: len(snapshots)])
+    curves = {_run_name(files[0]): [(step_of(f), next(scores)) for f in files] for files in runs}
     fig, ax = plt.subplots(figsize=(6.4, 3.8), layout="constrained")
-    ax.plot(steps, crps, "o-", label="model snapshots")
+    for label, points in curves.items():
+        ax.plot(*zip(*points, strict=True), "o-", label=label if len(curves) > 1 else "model snapshots")
     for name in names[len(snapshots) :]:
         ax.axhline(systems[name]["crps_fair"], ls="--", lw=1, color=f"C{names.index(name)}", label=name)
     ax.set_xlabel("training steps (batch 8)")
@@ -79,9 +98,11 @@ def main() -> None:
     ax.legend(fontsize=8)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=100)
-    print(f"| step | {' | '.join(str(s) for s in steps)} |")
-    print(f"|---|{'---|' * len(steps)}")
-    print(f"| fair CRPS | {' | '.join(f'{c:.4f}' for c in crps)} |")
+    for label, points in curves.items():
+        print(f"{label}:")
+        print(f"| step | {' | '.join(str(step) for step, _ in points)} |")
+        print(f"|---|{'---|' * len(points)}")
+        print(f"| fair CRPS | {' | '.join(f'{c:.4f}' for _, c in points)} |")
     for name in names[len(snapshots) :]:
         print(f"{name}: fair CRPS {systems[name]['crps_fair']:.4f}")
     print(f"wrote {args.out}")
