@@ -20,10 +20,11 @@ thread (the wall time of an idle core) on the x axis; docs/benchmarks.md, Foreca
         > timing.json
     python benchmarks/bench_speed.py --replot run.json timing.json
 
-``--network-call`` times one network call in float32 and in bfloat16 on this CPU. ``--global-grid`` runs
-the whole radar forecast command (8 members, 12 lead times, maps) on synthetic rain on a 721 x 1440
-global 0.25-degree grid and reports its peak memory. It runs one sampling step (``--global-steps``) to
-keep the CPU time down; DPM-Solver++(2M) keeps one more copy of the field from its second step on.
+``--network-call`` times one network call in float32 and in bfloat16 on this CPU (``--precisions``,
+``--repeats``). ``--global-grid`` runs the whole radar forecast command (8 members, 12 lead times, maps)
+on synthetic rain on a 721 x 1440 global 0.25-degree grid and reports its peak memory. It runs one
+sampling step (``--global-steps``) to keep the CPU time down; DPM-Solver++(2M) keeps one more copy of the
+field from its second step on.
 """
 
 from __future__ import annotations
@@ -365,7 +366,7 @@ def plot_timed(rows: list[dict], steps_crps: float, timed: list[dict], path: Pat
     fig.savefig(path, dpi=120)
 
 
-def network_call(repeats: int = 2) -> dict:
+def network_call(precisions: list[str], repeats: int = 2) -> dict:
     """CPU seconds of one network call of the shipped model on the whole padded radar domain, per precision.
 
     Whether bfloat16 pays depends on the CPU: with AVX512-BF16 or AMX it halves the call, without them
@@ -384,7 +385,7 @@ def network_call(repeats: int = 2) -> dict:
         "cpu": torch.backends.cpu.get_cpu_capability(),
         "native_bf16": forecast.native_bf16(torch.device("cpu")),
     }
-    for precision in ("fp32", "bf16"):
+    for precision in precisions:
         seconds = []
         for _ in range(repeats):
             start = time.process_time()
@@ -438,6 +439,8 @@ def main() -> None:
     parser.add_argument(
         "--network-call", action="store_true", help="only time one network call per precision"
     )
+    parser.add_argument("--precisions", default="fp32,bf16", help="precisions of --network-call")
+    parser.add_argument("--repeats", type=int, default=2, help="calls per precision of --network-call")
     parser.add_argument("--global-grid", action="store_true", help="only the 721 x 1440 memory run")
     parser.add_argument("--global-steps", type=int, default=1, help="sampling steps of the global run")
     args = parser.parse_args()
@@ -446,7 +449,7 @@ def main() -> None:
             print(json.dumps(global_grid(Path(tmp), args.global_steps)))
         return
     if args.network_call:
-        print(json.dumps(network_call()))
+        print(json.dumps(network_call(args.precisions.split(","), args.repeats)))
         return
     if args.replot:
         run_rows, timed = (json.loads(p.read_text()) for p in args.replot)

@@ -85,8 +85,9 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(6.4, 3.8), layout="constrained")
     for label, points in curves.items():
         ax.plot(*zip(*points, strict=True), "o-", label=label if len(curves) > 1 else "model snapshots")
-    for name in names[len(snapshots) :]:
-        ax.axhline(systems[name]["crps_fair"], ls="--", lw=1, color=f"C{names.index(name)}", label=name)
+    # Baselines take the colours after the curves', so no line shares a colour with another.
+    for i, name in enumerate(names[len(snapshots) :], start=len(curves)):
+        ax.axhline(systems[name]["crps_fair"], ls="--", lw=1, color=f"C{i}", label=name)
     ax.set_xlabel("training steps (batch 8)")
     ax.set_ylabel("fair CRPS (mm h-1), lower is better")
     times = ", ".join(t[11:16] for t in result.summary["init_times"])
