@@ -71,7 +71,7 @@ def test_gradient_reaches_every_parameter() -> None:
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 def test_temporal_convolution_is_the_conv3d(memory_format: torch.memory_format) -> None:
-    # The temporal layer computes its (3, 1, 1) Conv3d as shifted 1x1 taps: same outputs and gradients.
+    # The temporal layer runs its (3, 1, 1) Conv3d as a (3, 1) 2-D convolution: same outputs and gradients.
     from dydiff_earth.model import TemporalConv
 
     torch.manual_seed(0)
