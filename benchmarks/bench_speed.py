@@ -21,10 +21,11 @@ thread (the wall time of an idle core) on the x axis; docs/benchmarks.md, Foreca
     python benchmarks/bench_speed.py --replot run.json timing.json
 
 ``--network-call`` times one network call in float32 and in bfloat16 on this CPU (``--precisions``,
-``--repeats``). ``--global-grid`` runs the whole radar forecast command (8 members, 12 lead times, maps)
-on synthetic rain on a 721 x 1440 global 0.25-degree grid and reports its peak memory. It runs one
-sampling step (``--global-steps``) to keep the CPU time down; DPM-Solver++(2M) keeps one more copy of the
-field from its second step on.
+``--repeats``). ``--checkpoint`` (repeatable) names the models that ``--timing`` and ``--network-call``
+measure, the shipped radar model by default. ``--global-grid`` runs the whole radar forecast command
+(8 members, 12 lead times, maps) on synthetic rain on a 721 x 1440 global 0.25-degree grid and reports
+its peak memory. It runs one sampling step (``--global-steps``) to keep the CPU time down;
+DPM-Solver++(2M) keeps one more copy of the field from its second step on.
 """
 
 from __future__ import annotations
@@ -182,26 +183,26 @@ def per_init(r: dict) -> float:
     return r["skill_s_per_init"] * MEMBERS / r["members"]
 
 
-def timing(store: Path, configs: list[str], init: str, work: Path) -> list[dict]:
-    """Back-to-back whole commands (8 members) and STEPS at one init, one after the other, so that they
-    share the machine's load as closely as a busy machine allows."""
+def timing(store: Path, configs: list[str], init: str, work: Path, models: list[str]) -> list[dict]:
+    """Back-to-back whole commands (8 members) of each model and STEPS at one init, one after the other,
+    so that they share the machine's load as closely as a busy machine allows."""
     out = []
     steps = run([sys.executable, "-c", STEPS_TIMED, str(store), init])
     cold, warm = (float(x) for x in steps["output"].split()[-2:])
     out.append({"config": "steps", "cold_s": cold, "warm_s": warm, "cpu_s": steps["cpu"]})
-    for config in configs:
+    for model, config in ((m, c) for m in models for c in configs):
         solver, steps_n, precision = config.split(":")
         file = work / "sample-seconds"
         command = run(
             [
                 *[sys.executable, "-c", TIMED_CLI, str(file), "forecast", "--input", str(store)],
-                *["--checkpoint", MODEL, "--init-time", init, "--members", str(MEMBERS)],
+                *["--checkpoint", model, "--init-time", init, "--members", str(MEMBERS)],
                 *["--lead-times", str(LEADS), "--no-maps", "--output", str(work / "timing.nc")],
                 *options(solver, int(steps_n), precision),
             ]
         )
         out.append(
-            {"config": config, "command_s": command["wall"], "cpu_s": command["cpu"]}
+            {"model": model, "config": config, "command_s": command["wall"], "cpu_s": command["cpu"]}
             | {"sample_s": float(file.read_text()), "peak_mib": command["peak_mib"]}
         )
         print(json.dumps(out[-1]), file=sys.stderr, flush=True)
@@ -366,8 +367,9 @@ def plot_timed(rows: list[dict], steps_crps: float, timed: list[dict], path: Pat
     fig.savefig(path, dpi=120)
 
 
-def network_call(precisions: list[str], repeats: int = 2) -> dict:
-    """CPU seconds of one network call of the shipped model on the whole padded radar domain, per precision.
+def network_call(precisions: list[str], repeats: int = 2, name: str = MODEL) -> dict:
+    """CPU seconds of one network call of a model (the shipped one by default) on the whole padded radar
+    domain, per precision.
 
     Whether bfloat16 pays depends on the CPU: with AVX512-BF16 or AMX it halves the call, without them
     oneDNN emulates it (``forecast.native_bf16`` says which this machine has).
@@ -376,12 +378,13 @@ def network_call(precisions: list[str], repeats: int = 2) -> dict:
 
     from dydiff_earth import forecast
 
-    model = forecast.load_model(MODEL)
+    model = forecast.load_model(name)
     torch.manual_seed(0)
     shape = (1, model.context + model.horizon, 1, 160, 192)  # 160 x 177 padded to a multiple of 16
     x, context = torch.randn(shape), torch.randn(1, model.context, 1, 160, 192)
     condition, t = torch.randn(1, 1, 160, 192), torch.tensor([500])
     row = {
+        "model": name,
         "cpu": torch.backends.cpu.get_cpu_capability(),
         "native_bf16": forecast.native_bf16(torch.device("cpu")),
     }
@@ -441,6 +444,11 @@ def main() -> None:
     )
     parser.add_argument("--precisions", default="fp32,bf16", help="precisions of --network-call")
     parser.add_argument("--repeats", type=int, default=2, help="calls per precision of --network-call")
+    parser.add_argument(
+        "--checkpoint",
+        action="append",
+        help="model of --timing and --network-call (repeat for several; default the shipped radar model)",
+    )
     parser.add_argument("--global-grid", action="store_true", help="only the 721 x 1440 memory run")
     parser.add_argument("--global-steps", type=int, default=1, help="sampling steps of the global run")
     args = parser.parse_args()
@@ -449,7 +457,8 @@ def main() -> None:
             print(json.dumps(global_grid(Path(tmp), args.global_steps)))
         return
     if args.network_call:
-        print(json.dumps(network_call(args.precisions.split(","), args.repeats)))
+        for name in args.checkpoint or [MODEL]:
+            print(json.dumps(network_call(args.precisions.split(","), args.repeats, name)))
         return
     if args.replot:
         run_rows, timed = (json.loads(p.read_text()) for p in args.replot)
@@ -457,7 +466,8 @@ def main() -> None:
         return
     if args.timing:
         with tempfile.TemporaryDirectory() as tmp:
-            rows = timing(args.store, args.timing.split(","), "2017-01-31T12:00", Path(tmp))
+            models = args.checkpoint or [MODEL]
+            rows = timing(args.store, args.timing.split(","), "2017-01-31T12:00", Path(tmp), models)
         print(json.dumps(rows, indent=1))
         return
     with tempfile.TemporaryDirectory() as tmp:

@@ -74,7 +74,7 @@ Scheduler = Annotated[
 
 
 #: Training options that ``train`` and ``study`` share.
-Preset = Annotated[str, typer.Option(help="model: tiny, radar, small or paper")]
+Preset = Annotated[str, typer.Option(help="model: tiny, radar, radar-fast, small or paper")]
 Context = Annotated[int, typer.Option(help="context frames P")]
 Horizon = Annotated[int, typer.Option(help="target frames L")]
 Patch = Annotated[int, typer.Option(help="square crop size in grid points")]

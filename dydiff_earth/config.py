@@ -166,6 +166,18 @@ PRESETS: dict[str, ModelConfig] = {
         time_embed_dim=128,
         space_to_depth=2,
     ),
+    # ``radar`` at half the width of its finest level, where most of the work is: 0.46 x its CPU time per
+    # network call on a whole radar domain (``docs/benchmarks.md``), for forecasts that must be fast.
+    "radar-fast": ModelConfig(
+        channels=(16, 32, 48, 64),
+        blocks_per_level=1,
+        temporal_attention_levels=(2, 3),
+        spatial_attention=False,
+        heads=4,
+        groups=8,
+        time_embed_dim=128,
+        space_to_depth=2,
+    ),
     "small": ModelConfig(channels=(32, 64, 128), blocks_per_level=1, temporal_attention_levels=(1, 2)),
     "paper": ModelConfig(
         channels=(64, 128, 256, 256),
@@ -179,7 +191,7 @@ PRESETS: dict[str, ModelConfig] = {
 
 
 def preset(name: str) -> ModelConfig:
-    """The named model preset (``tiny``, ``radar``, ``small``, ``paper``)."""
+    """The named model preset (``tiny``, ``radar``, ``radar-fast``, ``small``, ``paper``)."""
     try:
         return PRESETS[name]
     except KeyError:

@@ -169,9 +169,10 @@ def test_tiny_model_overfits_one_window(gamma_ratio: float) -> None:
     assert 0.5 < start < 2 and losses[-1] < start / 10, (start, losses)
 
 
-def test_space_to_depth_stem_and_condition_channels() -> None:
+@pytest.mark.parametrize("name", ["radar", "radar-fast"])
+def test_space_to_depth_stem_and_condition_channels(name: str) -> None:
     torch.manual_seed(0)
-    cfg = preset("radar")
+    cfg = preset(name)
     net = ConditionedDenoiser(cfg, channels=1, context=2, condition_channels=1)
     assert net.net.size_multiple == 16
     randomise_zero_layers(net)
