@@ -20,6 +20,8 @@ thread (the wall time of an idle core) on the x axis; docs/benchmarks.md, Foreca
         > timing.json
     python benchmarks/bench_speed.py --replot run.json timing.json
 
+``--warm N`` times N forecasts of the radar command's configuration in one process (the model loaded
+once), on ``--device``: the seconds per init of a service or a skill study, without imports and file.
 ``--network-call`` times one network call in float32 and in bfloat16 on this CPU (``--precisions``,
 ``--repeats``). ``--checkpoint`` (repeatable) names the models that ``--timing`` and ``--network-call``
 measure, the shipped radar model by default. ``--global-grid`` runs the whole radar forecast command
@@ -399,6 +401,39 @@ def network_call(precisions: list[str], repeats: int = 2, name: str = MODEL) -> 
     return row
 
 
+def warm(store: Path, inits: int, name: str, device: str, precision: str) -> dict:
+    """Seconds of each of ``inits`` radar forecasts (8 members, 12 lead times, the checkpoint's sampler)
+    made one after the other in one process with the model loaded once: motion field, sampling, advection
+    back, rain mask and matching, not the file. The first is cold (allocation, kernel selection); the
+    others are what a long-running service or a skill study spends per init.
+    """
+    import torch
+
+    from dydiff_earth import forecast
+    from dydiff_earth.config import ForecastConfig
+    from dydiff_earth.data import open_fields
+
+    fields = open_fields(store, ["precip"])
+    model = forecast.load_model(name, device)
+    run = forecast.DiffusionForecaster(model, ForecastConfig(precision=precision), device=device)
+    # Every 4th window start of the validation event, as the skill protocol inits (first at 11:00).
+    event = [str(t)[:16] for t in fields.times if str(t).startswith("2017-01-31")]
+    seconds = []
+    for init in event[model.context + 7 :: 4][:inits]:
+        start = time.perf_counter()
+        run(fields, init_time=init, lead_times=LEADS, n_members=MEMBERS, seed=0)
+        seconds.append(round(time.perf_counter() - start, 3))
+    if run.device.type == "cuda":
+        hardware = torch.cuda.get_device_name(run.device)
+    else:
+        capability, threads = torch.backends.cpu.get_cpu_capability(), torch.get_num_threads()
+        hardware = f"{os.cpu_count()} CPUs, {capability}, {threads} threads"
+    return {"model": name, "device": f"{device} ({hardware})", "precision": run.config.precision} | {
+        "steps": run.config.sampling_steps,
+        "seconds": seconds,
+    }
+
+
 def global_grid(work: Path, steps: int) -> dict:
     """The whole radar forecast command on synthetic rain on the 721 x 1440 global 0.25-degree grid."""
     import numpy as np
@@ -449,12 +484,20 @@ def main() -> None:
         action="append",
         help="model of --timing and --network-call (repeat for several; default the shipped radar model)",
     )
+    parser.add_argument("--warm", type=int, help="only time N radar forecasts in one process")
+    parser.add_argument("--device", default="cpu", help="device of --warm: cpu, cuda or cuda:N")
+    parser.add_argument("--precision", default="fp32", help="network arithmetic of --warm")
     parser.add_argument("--global-grid", action="store_true", help="only the 721 x 1440 memory run")
     parser.add_argument("--global-steps", type=int, default=1, help="sampling steps of the global run")
     args = parser.parse_args()
     if args.global_grid:
         with tempfile.TemporaryDirectory() as tmp:
             print(json.dumps(global_grid(Path(tmp), args.global_steps)))
+        return
+    if args.warm:
+        prepare(args.store)
+        for name in args.checkpoint or [MODEL]:
+            print(json.dumps(warm(args.store, args.warm, name, args.device, args.precision)))
         return
     if args.network_call:
         for name in args.checkpoint or [MODEL]:

@@ -368,25 +368,34 @@ class FullDomainDenoiser:
     batch sizes), at no cost in speed: a whole domain is batch enough. Measured with ``radar-4km-v1`` on
     the 160 x 192 radar grid (one thread, 2026-12-02): two members in one call differ from two calls by
     up to 1.4e-6 and cost as much (2.34 against 2.27 CPU seconds).
+
+    On a GPU the balance turns: a radar-sized call is a few milliseconds of arithmetic behind the launch of
+    some hundred kernels, so ``per_call`` members share each call there (:class:`DiffusionForecaster`
+    passes all members of a batch on CUDA), and rounding may differ from one-member calls at the 1e-6
+    level, as it does between devices anyway.
     """
 
     def __init__(
-        self, net: ConditionedDenoiser, valid: torch.Tensor, condition: torch.Tensor | None = None
+        self,
+        net: ConditionedDenoiser,
+        valid: torch.Tensor,
+        condition: torch.Tensor | None = None,
+        per_call: int = 1,
     ) -> None:
-        self.net, self.valid, self.condition = net, valid, condition
+        self.net, self.valid, self.condition, self.per_call = net, valid, condition, per_call
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        k = self.condition
+        k, n = self.condition, self.per_call
         return torch.cat(
             [
                 self.net(
-                    x[b : b + 1],
-                    t[b : b + 1],
-                    context[b : b + 1],
-                    self.valid[None],
-                    None if k is None else k[b : b + 1],
+                    x[b : b + n],
+                    t[b : b + n],
+                    context[b : b + n],
+                    self.valid[None].expand(len(x[b : b + n]), *self.valid.shape),
+                    None if k is None else k[b : b + n],
                 )
-                for b in range(x.shape[0])
+                for b in range(0, x.shape[0], n)
             ]
         )
 
@@ -622,7 +631,8 @@ class DiffusionForecaster:
                 given, condition = space.encode(state, extras[r].to(self.device) if k else None)
                 valid_r = masks[r].to(self.device)
                 if full:
-                    denoise = FullDomainDenoiser(m.denoiser, valid_r, condition)
+                    per_call = 1 if self.device.type == "cpu" else len(members)
+                    denoise = FullDomainDenoiser(m.denoiser, valid_r, condition, per_call)
                 else:
                     overlap = round(cfg.tile_overlap * m.patch)
                     denoise = TiledDenoiser(m.denoiser, valid_r, min(m.patch, ph, pw), overlap, condition)

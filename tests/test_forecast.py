@@ -405,6 +405,27 @@ def test_motion_frame_model_forecasts_the_whole_domain_reproducibly(store: Path,
     assert a.attrs["frame"].startswith("lagrangian")
 
 
+def test_members_sharing_a_full_domain_call_equal_one_member_calls(store: Path, tmp_path: Path) -> None:
+    """The GPU path (all members in one call) gives the CPU path's noise estimates, rounding aside."""
+    from dydiff_earth.forecast import FullDomainDenoiser
+
+    fields = open_fields(store)
+    ckpt = testing.tiny_checkpoint(
+        tmp_path / "m.safetensors", fields, context=2, horizon=2, patch=16, model="radar"
+    )
+    net = load_model(ckpt).denoiser
+    gen = torch.Generator().manual_seed(0)
+    x, context = torch.randn((3, 4, 1, 16, 32), generator=gen), torch.randn((3, 2, 1, 16, 32), generator=gen)
+    valid, t = (torch.rand((4, 1, 16, 32), generator=gen) > 0.2).float(), torch.tensor([900, 500, 10])
+    with torch.no_grad():
+        one = FullDomainDenoiser(net, valid)(x, t, context)
+        for n in (2, 3):
+            np.testing.assert_allclose(
+                FullDomainDenoiser(net, valid, per_call=n)(x, t, context), one, atol=1e-5
+            )
+    assert not torch.allclose(one[0], one[1])
+
+
 def test_a_context_without_valid_data_is_refused(model, tmp_path: Path) -> None:
     ds = testing.tiny_field(frames=6, size=(16, 24))
     ds["precip"][3:] = np.nan  # an outage over the last context frames
