@@ -144,6 +144,20 @@ def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
     return value
 
 
+# Radar at patch 64: the UNet runs at half resolution (space-to-depth stem), attends across frames at its
+# two coarsest levels and never across pixels, so it is convolutional in space: trained on crops, it runs
+# on a whole domain (padded to a multiple of 16) without tiles or seams.
+_RADAR = ModelConfig(
+    channels=(32, 48, 64, 96),
+    blocks_per_level=1,
+    temporal_attention_levels=(2, 3),
+    spatial_attention=False,
+    heads=4,
+    groups=8,
+    time_embed_dim=128,
+    space_to_depth=2,
+)
+
 PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(
         channels=(16, 32),
@@ -153,31 +167,11 @@ PRESETS: dict[str, ModelConfig] = {
         groups=4,
         time_embed_dim=64,
     ),
-    # Radar at patch 64: the UNet runs at half resolution (space-to-depth stem), attends across frames at
-    # its two coarsest levels and never across pixels, so it is convolutional in space: trained on crops,
-    # it runs on a whole domain (padded to a multiple of 16) without tiles or seams.
-    "radar": ModelConfig(
-        channels=(32, 48, 64, 96),
-        blocks_per_level=1,
-        temporal_attention_levels=(2, 3),
-        spatial_attention=False,
-        heads=4,
-        groups=8,
-        time_embed_dim=128,
-        space_to_depth=2,
-    ),
-    # ``radar`` at half the width of its finest level, where most of the work is: 0.46 x its CPU time per
-    # network call on a whole radar domain (``docs/benchmarks.md``), for forecasts that must be fast.
-    "radar-fast": ModelConfig(
-        channels=(16, 32, 48, 64),
-        blocks_per_level=1,
-        temporal_attention_levels=(2, 3),
-        spatial_attention=False,
-        heads=4,
-        groups=8,
-        time_embed_dim=128,
-        space_to_depth=2,
-    ),
+    "radar": _RADAR,
+    # ``radar`` at half the width of its finest level, where most of the work is: 0.45 x its CPU time per
+    # network call on a whole radar domain, but at equal training far less skilful (``docs/benchmarks.md``,
+    # ``docs/skill.md``, Training on a GPU).
+    "radar-fast": dataclasses.replace(_RADAR, channels=(16, 32, 48, 64)),
     "small": ModelConfig(channels=(32, 64, 128), blocks_per_level=1, temporal_attention_levels=(1, 2)),
     "paper": ModelConfig(
         channels=(64, 128, 256, 256),
