@@ -385,19 +385,12 @@ class FullDomainDenoiser:
         self.net, self.valid, self.condition, self.per_call = net, valid, condition, per_call
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        k, n = self.condition, self.per_call
-        return torch.cat(
-            [
-                self.net(
-                    x[b : b + n],
-                    t[b : b + n],
-                    context[b : b + n],
-                    self.valid[None].expand(len(x[b : b + n]), *self.valid.shape),
-                    None if k is None else k[b : b + n],
-                )
-                for b in range(0, x.shape[0], n)
-            ]
-        )
+        k, out = self.condition, []
+        for b in range(0, x.shape[0], self.per_call):
+            part = slice(b, b + self.per_call)
+            valid = self.valid.expand(len(x[part]), *self.valid.shape)
+            out.append(self.net(x[part], t[part], context[part], valid, None if k is None else k[part]))
+        return torch.cat(out)
 
 
 def _fixed_batch(
