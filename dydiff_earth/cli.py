@@ -793,6 +793,10 @@ class _Progress:
 
 def main() -> None:
     """Console-script entry point."""
+    # pysteps checks its configuration with jsonschema, whose import compiles the grammar of the optional
+    # rfc3987_syntax (the notebooks extra brings it) for IRI formats that nothing here checks: 1.1 s of
+    # every command that estimates motion (2026-12-04). This process is the command's own, so skip it.
+    sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
     app()
 
 
