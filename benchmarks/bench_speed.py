@@ -401,7 +401,7 @@ def network_call(precisions: list[str], repeats: int = 2, name: str = MODEL) -> 
     return row
 
 
-def warm(store: Path, inits: int, name: str, device: str, precision: str) -> dict:
+def warm(store: Path, period: str, inits: int, name: str, device: str, precision: str) -> dict:
     """Seconds of each of ``inits`` radar forecasts (8 members, 12 lead times, the checkpoint's sampler)
     made one after the other in one process with the model loaded once: motion field, sampling, advection
     back, rain mask and matching, not the file. The first is cold (allocation, kernel selection); the
@@ -409,19 +409,18 @@ def warm(store: Path, inits: int, name: str, device: str, precision: str) -> dic
     """
     import torch
 
-    from dydiff_earth import forecast
+    from dydiff_earth import forecast, verify
     from dydiff_earth.config import ForecastConfig
     from dydiff_earth.data import open_fields
 
-    fields = open_fields(store, ["precip"])
+    fields = open_fields(store, ["precip"], time=period)
     model = forecast.load_model(name, device)
     run = forecast.DiffusionForecaster(model, ForecastConfig(precision=precision), device=device)
-    # Every 4th window start of the validation event, as the skill protocol inits (first at 11:00).
-    event = [str(t)[:16] for t in fields.times if str(t).startswith("2017-01-31")]
     seconds = []
-    for init in event[model.context + 7 :: 4][:inits]:
+    # The skill protocol's init times (every 4th window start of the held-out period), the first N.
+    for idx in verify.choose_inits(fields, model.context, LEADS, None, None)[:inits]:
         start = time.perf_counter()
-        run(fields, init_time=init, lead_times=LEADS, n_members=MEMBERS, seed=0)
+        run(fields, init_time=str(fields.times[idx]), lead_times=LEADS, n_members=MEMBERS, seed=0)
         seconds.append(round(time.perf_counter() - start, 3))
     if run.device.type == "cuda":
         hardware = torch.cuda.get_device_name(run.device)
@@ -495,9 +494,12 @@ def main() -> None:
             print(json.dumps(global_grid(Path(tmp), args.global_steps)))
         return
     if args.warm:
+        if args.store is None:
+            parser.error("--warm needs --store (made there if missing)")
         prepare(args.store)
         for name in args.checkpoint or [MODEL]:
-            print(json.dumps(warm(args.store, args.warm, name, args.device, args.precision)))
+            row = warm(args.store, args.time, args.warm, name, args.device, args.precision)
+            print(json.dumps(row))
         return
     if args.network_call:
         for name in args.checkpoint or [MODEL]:
