@@ -1,6 +1,6 @@
 """The shipped radar model's skill on the held-out MeteoSwiss event, against extrapolation in the same run.
 
-A guard, not the measurement: two init times, 4 members and the sampler the checkpoint recommends (5 steps
+A guard, not the measurement: two init times, 4 members and the sampler the checkpoint recommends (4 steps
 of DPM-Solver++(2M), evenly spaced in log signal-to-noise ratio) keep it to a few minutes on two cores. The
 full protocol (`radar-4km-v1`: 7 init times, 8 members, STEPS) is in `docs/skill.md`.
 Each bound sits between what `radar-4km-v1` scored in this setting and what the earlier radar model
