@@ -176,6 +176,26 @@ def ssr_figure(scores: xr.Dataset, prefix: str = "") -> Figure:
     return fig
 
 
+def isolated_figure(scores: xr.Dataset, prefix: str = "") -> Figure:
+    """Share of lone event points of the members and of the truth at the first threshold, per lead time."""
+    style = _style(_systems(scores))
+    fig, (ax,) = _grid(1, 1, 6.0, 3.6)
+    first = {schema.THRESHOLD: scores[schema.THRESHOLD].values[0]}
+    _curve(ax, scores, prefix + "isolated_forecast", style, first)
+    truth = scores[prefix + "isolated_truth"].sel(first).isel({schema.SYSTEM: 0})
+    ax.plot(_leads(scores)[0], truth.values, color="k", linestyle="--", label="truth")
+    units = _units(scores[prefix + "crps_fair"])
+    ax.set(
+        title=f"Lone points at or above {first[schema.THRESHOLD]:g} {units}",
+        xlabel=_leads(scores)[1],
+        ylabel="share of event points (1)",
+    )
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
 def rank_figure(scores: xr.Dataset, prefix: str = "") -> Figure:
     """Rank histograms, one panel per system, averaged over lead times; flat is calibrated."""
     systems = _systems(scores)
@@ -461,6 +481,8 @@ _CAPTIONS = {
     "pooled over lead times; the diagonal is reliable.",
     "spectra": "Radially averaged power of the members (solid) and the observations (dashed): missing power "
     "at short wavelengths means blurry forecasts.",
+    "isolated": "Share of the members' event points (the observations': dashed) with at most 2 of their 8 "
+    "neighbours also events: speckle that the power spectra, averaged over the domain, hide.",
     "example": "Observations, ensemble mean and two members of one case (the init time with most signal).",
 }
 
@@ -479,9 +501,11 @@ def _figures(
             ("Rank histograms", "rank", rank_figure),
             ("Reliability diagrams", "reliability", reliability_figure),
             ("Power spectra", "spectra", spectra_figure),
+            ("Lone event points (speckle)", "isolated", isolated_figure),
         ]
         for title, key, draw in parts:
-            if key == "reliability" and p + "reliability_count" not in scores:
+            needs = {"reliability": "reliability_count", "isolated": "isolated_forecast"}.get(key)
+            if needs and p + needs not in scores:
                 continue
             out.append((title + suffix, f"{name}{key}.png", _CAPTIONS[key], draw(scores, p)))
     for k, (system, ds) in enumerate((examples or {}).items()):
@@ -538,6 +562,7 @@ def write_report(
 __all__ = [
     "curves_figure",
     "example_figure",
+    "isolated_figure",
     "rank_figure",
     "reliability_figure",
     "spectra_figure",

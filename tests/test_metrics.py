@@ -321,6 +321,52 @@ def test_fss_of_one_member_matches_scores_fss_2d() -> None:
     np.testing.assert_allclose(ours.values, theirs.values, rtol=1e-10)
 
 
+# ---- Isolated event points (speckle) ----------------------------------------------------------------------
+
+
+def brute_force_isolated(field: np.ndarray, threshold: float, max_neighbours: int) -> np.ndarray:
+    """Share of events with at most ``max_neighbours`` event neighbours, per lead, over all other axes."""
+    events = np.nan_to_num(field, nan=-np.inf) >= threshold
+    lone, total = np.zeros(field.shape[-3]), np.zeros(field.shape[-3])
+    for index in np.ndindex(field.shape[:-2]):
+        lead = index[-1]
+        for i in range(field.shape[-2]):
+            for j in range(field.shape[-1]):
+                if not events[index][i, j]:
+                    continue
+                near = events[index][max(i - 1, 0) : i + 2, max(j - 1, 0) : j + 2].sum() - 1
+                lone[lead] += near <= max_neighbours
+                total[lead] += 1
+    return lone / total
+
+
+def test_isolated_points_match_brute_force_with_nans() -> None:
+    forecast, truth = make_pair(shape=(2, 3, 7, 9), members=3, rain=True, seed=12)
+    truth = truth.copy()
+    truth[1, 2, 2:5, 4] = np.nan
+    ds = metrics.Isolated(thresholds=(0.5, 2.0), max_neighbours=2).compute(forecast, truth)
+    masked = forecast.where(truth.notnull())
+    for threshold in (0.5, 2.0):
+        for name, field in (("isolated_forecast", masked.values), ("isolated_truth", truth.values)):
+            expected = brute_force_isolated(field, threshold, 2)
+            np.testing.assert_allclose(ds[name].sel(threshold=threshold).values, expected, rtol=1e-12)
+
+
+def test_isolated_points_tell_speckle_from_patches() -> None:
+    patch = np.zeros((1, 1, 1, 12, 12))  # member, init time, lead time, y, x
+    patch[..., 3:7, 2:8] = 3.0  # one block: its corners have 3 event neighbours, nothing is lone
+    speckle = np.zeros((1, 1, 1, 12, 12))
+    speckle[..., ::3, ::3] = 3.0  # single points three cells apart
+    truth = xr.DataArray(patch[0], dims=DIMS)
+    for field, share in ((patch, 0.0), (speckle, 1.0)):
+        forecast = xr.DataArray(field, dims=(MEMBER, *DIMS))
+        ds = metrics.Isolated(thresholds=(1.0,)).compute(forecast, truth)
+        assert ds["isolated_forecast"].item() == share
+        assert ds["isolated_truth"].item() == 0.0
+    nothing = metrics.Isolated(thresholds=(5.0,)).compute(xr.DataArray(patch, dims=(MEMBER, *DIMS)), truth)
+    assert np.isnan(nothing["isolated_truth"].item())
+
+
 # ---- Brier and reliability --------------------------------------------------------------------------------
 
 

@@ -33,6 +33,12 @@ CRPS_RATIO = 0.85
 #: below 0.2.
 POWER_RANGE = (0.2, 3.0)
 
+#: The members' share of lone points (>= 1 mm h-1 with at most 2 of 8 neighbours as wet) over the observed
+#: share must stay below this at every lead time: speckle that the spectra above miss. Here radar-4km-v1
+#: reaches 2.2 (at +50 min); the from-scratch GPU run of docs/skill.md, whose members are speckle from
+#: +35 min, 4.5; persistence and extrapolation stay near 1.
+ISOLATED_RATIO = 3.0
+
 
 @pytest.fixture(scope="module")
 def validation_event(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -61,3 +67,5 @@ def test_shipped_radar_model_beats_extrapolation(validation_event: Path, tmp_pat
         (scores["wavelength"] >= 4) & (scores["wavelength"] <= 64)
     )
     assert POWER_RANGE[0] < float(ratio.min()) and float(ratio.max()) < POWER_RANGE[1], ratio.values
+    lone = (scores["isolated_forecast"] / scores["isolated_truth"]).sel(threshold=1.0)
+    assert float(lone.max()) < ISOLATED_RATIO, lone.values

@@ -70,8 +70,8 @@ def test_report_files_and_embedded_images(report):
     assert path.name == "index.html" and path.is_file()
     html = path.read_text()
     sources = _image_sources(html)
-    # curves, ssr, rank histograms, reliability, spectra, and one example per system.
-    assert len(sources) == 5 + 3
+    # curves, ssr, rank histograms, reliability, spectra, lone points, and one example per system.
+    assert len(sources) == 6 + 3
     for src in sources:
         assert src.startswith("data:image/png;base64,")
         png = base64.b64decode(src.split(",", 1)[1])
@@ -81,7 +81,7 @@ def test_report_files_and_embedded_images(report):
             # Not blank: a drawn figure has many distinct colours.
             assert len(im.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 10
     pngs = sorted(p.name for p in path.parent.glob("*.png"))
-    assert "curves.png" in pngs and "example_2.png" in pngs
+    assert "curves.png" in pngs and "isolated.png" in pngs and "example_2.png" in pngs
     markdown = (path.parent / "summary.md").read_text()
     assert "| system |" in markdown and "![Scores against lead time](curves.png)" in markdown
     assert not list(path.parent.parent.glob(".*.tmp"))  # published: no temporary left behind
@@ -143,6 +143,6 @@ def test_report_renders_in_a_real_browser(report, tmp_path):
         ["chromium", *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
     )
     dom = result.stdout
-    assert 'data-images="8"' in dom, result.stderr[-2000:]
+    assert 'data-images="9"' in dom, result.stderr[-2000:]
     assert 'data-broken="0"' in dom
     assert 'data-rows="3"' in dom
