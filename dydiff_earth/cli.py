@@ -103,6 +103,20 @@ SamplingSteps = Annotated[
     int | None,
     typer.Option(help="solver steps, fewer is faster; default: the checkpoint's recommendation, else 10"),
 ]
+Inflation = Annotated[
+    float | None,
+    typer.Option(
+        help="members' spread about their mean widened by this factor (1: as sampled); "
+        "default: the checkpoint's recommendation, else 1"
+    ),
+]
+InflationScale = Annotated[
+    float | None,
+    typer.Option(
+        help="widen the spread only above this scale, in grid cells (0: all scales); "
+        "default: the checkpoint's recommendation, else 0"
+    ),
+]
 
 
 def _floats(text: str | None, option: str) -> tuple[float, ...]:
@@ -351,6 +365,8 @@ def forecast(
     prob_matching: ProbMatching = "cdf",
     rain_mask: RainMask = True,
     spacing: Spacing = None,
+    inflation: Inflation = None,
+    inflation_scale: InflationScale = None,
     seed: Annotated[int, typer.Option(help="random seed; member k depends only on (seed, init time, k)")] = 0,
     batch_size: Annotated[int, typer.Option(help="members sampled together (memory; never the numbers)")] = 8,
     thresholds: Annotated[
@@ -399,6 +415,7 @@ def forecast(
     config.check_choice(prob_matching, probmatch.MATCHINGS, "--prob-matching")
     if spacing is not None:
         config.check_choice(spacing, config.SPACINGS, "--spacing")
+    config.check_inflation(1.0 if inflation is None else inflation, inflation_scale or 0.0)
     request = pipeline.ForecastRequest(
         input=input_path,
         checkpoint=checkpoint,
@@ -417,6 +434,8 @@ def forecast(
             prob_matching=prob_matching,
             rain_mask=rain_mask,
             spacing=spacing,
+            inflation=inflation,
+            inflation_scale=inflation_scale,
         ),
         thresholds=_floats(thresholds, "--thresholds"),
         output=output,
@@ -564,6 +583,8 @@ def skill(
     prob_matching: ProbMatching = "cdf",
     rain_mask: RainMask = True,
     spacing: Spacing = None,
+    inflation: Inflation = None,
+    inflation_scale: InflationScale = None,
     thresholds: Annotated[
         str | None, typer.Option(help="event thresholds, e.g. 1,4 (variable units)")
     ] = None,
@@ -606,6 +627,8 @@ def skill(
             prob_matching=prob_matching,
             rain_mask=rain_mask,
             spacing=spacing,
+            inflation=inflation,
+            inflation_scale=inflation_scale,
             thresholds=_floats(thresholds, "--thresholds"),
             seed=seed,
             report_dir=report,
@@ -726,13 +749,20 @@ def recommend(
     evidence: Annotated[
         str | None, typer.Option(help="how the choice was measured, kept with it (shown by info)")
     ] = None,
+    inflation: Annotated[
+        float, typer.Option(help="the members' spread inflation factor (1: as sampled)")
+    ] = 1.0,
+    inflation_scale: Annotated[
+        float, typer.Option(help="widen the spread only above this scale, in grid cells (0: all scales)")
+    ] = 0.0,
 ) -> None:
     """Record the sampler a checkpoint's forecasts and skill runs use unless given one."""
     from dydiff_earth.forecast import recommend_sampler
 
-    recommend_sampler(checkpoint, sampling_steps, spacing, evidence)
+    recommend_sampler(checkpoint, sampling_steps, spacing, evidence, inflation, inflation_scale)
     console.print(
-        f"{checkpoint}: forecasts take {sampling_steps} steps, {spacing} spacing, unless told",
+        f"{checkpoint}: forecasts take {sampling_steps} steps, {spacing} spacing, spread inflation "
+        f"{inflation:g} above {inflation_scale:g} cells, unless told",
         highlight=False,
         soft_wrap=True,
     )

@@ -118,13 +118,20 @@ class ForecastConfig:
     #: diffusion step (the paper's), or "logsnr", evenly in log signal-to-noise ratio (DPM-Solver's);
     #: None: the checkpoint's recommendation, else "time"
     spacing: str | None = None
+    #: members' departures from the mean of the first 8 widened by this factor in the sampled space
+    #: (:mod:`dydiff_earth.inflation`); None: the checkpoint's recommendation, else 1 (as sampled)
+    inflation: float | None = None
+    #: the scale in grid cells above which departures are widened (a Gaussian low-pass; 0: all scales);
+    #: None: the checkpoint's recommendation, else 0
+    inflation_scale: float | None = None
 
 
 #: The solver steps and spacing of a forecast that leaves them open (None) from a checkpoint that recommends
 #: none (``dydiff-earth recommend``). 10 steps of DPM-Solver++(2M) score as 50 DDIM steps on the shipped
 #: models (docs/benchmarks.md, Forecast speed); where the steps lie is worth as much, but differs by model
-#: (docs/benchmarks.md, Step spacing), hence a recommendation per checkpoint.
-DEFAULT_SAMPLER = {"sampling_steps": 10, "spacing": "time"}
+#: (docs/benchmarks.md, Step spacing), hence a recommendation per checkpoint; so is the spread
+#: inflation, which corrects a given model's under-dispersion (docs/skill.md, Spread inflation).
+DEFAULT_SAMPLER = {"sampling_steps": 10, "spacing": "time", "inflation": 1.0, "inflation_scale": 0.0}
 
 
 #: Spacings of the solver's steps (:func:`dydiff_earth.forecast.sampling_timesteps`).
@@ -134,6 +141,15 @@ SOLVERS = ("ddim", "dpmpp2m")
 LR_SCHEDULES = ("constant", "cosine")
 #: Arithmetic of the network call in a forecast.
 PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def check_inflation(factor: float, scale: float = 0.0) -> None:
+    """A positive, finite spread inflation factor (1: as sampled) and a finite scale >= 0 (cells), else an
+    ``InputError`` naming the option."""
+    if not 0 < factor < float("inf"):
+        raise InputError(f"--inflation must be a positive factor (1: as sampled), got {factor}")
+    if not 0 <= scale < float("inf"):
+        raise InputError(f"--inflation-scale must be 0 (all scales) or more grid cells, got {scale}")
 
 
 def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:

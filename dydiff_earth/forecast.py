@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from dydiff_earth import __version__, covariates, diurnal, io, motion, probmatch, schema
+from dydiff_earth import __version__, covariates, diurnal, inflation, io, motion, probmatch, schema
 from dydiff_earth.config import (
     DEFAULT_SAMPLER,
     PRECISIONS,
@@ -30,6 +30,7 @@ from dydiff_earth.config import (
     ForecastConfig,
     ModelConfig,
     check_choice,
+    check_inflation,
 )
 from dydiff_earth.data import Fields, VariableSpec, canonical_units, denormalize, describe_step, load_frames
 from dydiff_earth.diffusion import Denoiser, Schedule, make_schedule
@@ -253,7 +254,15 @@ def check_sampler(sampler: dict) -> None:
     else a ``ValueError`` naming them."""
     keys = {*DEFAULT_SAMPLER, "evidence"}
     steps, spacing = sampler.get("sampling_steps", 1), sampler.get("spacing", "time")
-    if set(sampler) - keys or not isinstance(steps, int) or steps < 1 or spacing not in SPACINGS:
+    factor, scale = sampler.get("inflation", 1.0), sampler.get("inflation_scale", 0.0)
+    if (
+        set(sampler) - keys
+        or not isinstance(steps, int)
+        or steps < 1
+        or spacing not in SPACINGS
+        or not all(isinstance(v, int | float) for v in (factor, scale))
+        or not (factor > 0 and scale >= 0)
+    ):
         raise ValueError(f"recommended sampler {sampler}: expected {', '.join(sorted(keys))}")
 
 
@@ -266,16 +275,29 @@ def with_recommended_sampler(config: ForecastConfig, model: LoadedModel) -> Fore
     )
 
 
-def recommend_sampler(path: str | Path, sampling_steps: int, spacing: str, evidence: str | None) -> Path:
-    """Record in the checkpoint at ``path`` the solver steps and spacing its forecasts use when not told;
-    the file is rewritten atomically, its weights unchanged."""
+def recommend_sampler(
+    path: str | Path,
+    sampling_steps: int,
+    spacing: str,
+    evidence: str | None,
+    factor: float = 1.0,
+    scale: float = 0.0,
+) -> Path:
+    """Record in the checkpoint at ``path`` the solver steps, spacing and spread inflation its forecasts
+    use when not told; the file is rewritten atomically, its weights unchanged."""
     check_choice(spacing, SPACINGS, "--spacing")
     if sampling_steps < 1:
         raise InputError(f"--sampling-steps must be at least 1, got {sampling_steps}")
+    check_inflation(factor, scale)
     p = Path(path)
     file = p / "model.safetensors" if p.is_dir() else p
     tensors, meta = io.load_checkpoint(p)
-    sampler = {"sampling_steps": sampling_steps, "spacing": spacing}
+    sampler = {
+        "sampling_steps": sampling_steps,
+        "spacing": spacing,
+        "inflation": float(factor),
+        "inflation_scale": float(scale),
+    }
     return io.save_checkpoint(
         file, tensors, {**meta, "sampler": {**sampler, **({"evidence": evidence} if evidence else {})}}
     )
@@ -497,6 +519,7 @@ class DiffusionForecaster:
         check_choice(config.prob_matching, probmatch.MATCHINGS, "prob_matching")
         check_choice(config.spacing, SPACINGS, "spacing")
         check_eta(config)
+        check_inflation(config.inflation, config.inflation_scale)
         device = torch.device(device)
         config = dataclasses.replace(config, precision=resolve_precision(config.precision, device))
         self.model, self.config, self.device, self.progress = model, config, device, progress
@@ -530,7 +553,7 @@ class DiffusionForecaster:
             # grid or the radar coverage are invalid, as in training (the motion is held over the rollout).
             cover = np.where(coverage, np.float32(1), np.nan)[None, None]
             valid = np.isfinite(motion.to_motion_frame(np.repeat(cover, span, 0), velocity, m.context - 1))
-            values = self.sample(np.nan_to_num(moved), valid, init, lead_times, n_members, seed)
+            values = self.members(np.nan_to_num(moved), valid, init, lead_times, n_members, seed)
             values = motion.from_motion_frame(values, velocity)
         else:
             velocity = None
@@ -539,7 +562,7 @@ class DiffusionForecaster:
             if m.covariates:
                 grid = covariates.Covariates(fields, m.covariates)
                 extra = [grid.at(init + r * m.horizon * fields.time_step) for r in range(span // m.horizon)]
-            values = self.sample(np.nan_to_num(ctx), valid, init, lead_times, n_members, seed, extra)
+            values = self.members(np.nan_to_num(ctx), valid, init, lead_times, n_members, seed, extra)
         values = denormalize(values, m.variables)
         rain = probmatch.precipitation_channels(m.variables)
         observed = denormalize(ctx[-1], m.variables)
@@ -555,6 +578,25 @@ class DiffusionForecaster:
         return forecast_dataset(
             fields, values, idx, _provenance(m, self.config, fields, idx, seed, self.timesteps)
         )
+
+    def members(
+        self,
+        ctx: np.ndarray,
+        valid: np.ndarray,
+        init: np.datetime64,
+        lead_times: int,
+        n_members: int,
+        seed: int,
+        extra: Sequence[np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """:meth:`sample`'s members with their spread inflated as configured, in the same space.
+
+        An inflated ensemble smaller than the reference members draws them too and returns its own.
+        """
+        factor = self.config.inflation
+        drawn = inflation.members_to_draw(n_members, factor)
+        values = self.sample(ctx, valid, init, lead_times, drawn, seed, extra)
+        return inflation.inflate(values, factor, self.config.inflation_scale)[:n_members]
 
     def sample(
         self,
@@ -765,6 +807,20 @@ def _mask_note(model: LoadedModel, cfg: ForecastConfig) -> str:
     )
 
 
+def _inflation_note(cfg: ForecastConfig) -> str:
+    if cfg.inflation == 1:
+        return "1 (members as sampled)"
+    scales = (
+        f"above {cfg.inflation_scale:g} grid cells (Gaussian low-pass)"
+        if cfg.inflation_scale
+        else "at all scales"
+    )
+    return (
+        f"{cfg.inflation:g} (each member's departure from the mean of members 0-"
+        f"{inflation.REFERENCE_MEMBERS - 1} widened by it {scales}, in the sampled space)"
+    )
+
+
 def _provenance(
     model: LoadedModel, cfg: ForecastConfig, fields: Fields, idx: int, seed: int, steps: Sequence[int]
 ) -> dict:
@@ -781,6 +837,7 @@ def _provenance(
         "rng_scheme": RNG_SCHEME,
         "sampler": f"{SOLVER_NOTES[cfg.solver]}{_eta_note(cfg)}, {SPACING_NOTES[cfg.spacing]}",
         "sampling_steps": len(steps),
+        "spread_inflation": _inflation_note(cfg),
         "precision": f"{cfg.precision} ({PRECISION_NOTES[cfg.precision]})",
         "prob_matching": _matching_note(model, cfg),
         "rain_mask": _mask_note(model, cfg),

@@ -463,6 +463,9 @@ def _checkpoint_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
 def _sampler(sampler: dict[str, Any] | None) -> str:
     chosen = {**config.DEFAULT_SAMPLER, **(sampler or {})}
     text = f"{chosen['sampling_steps']} steps, {chosen['spacing']} spacing"
+    if chosen["inflation"] != 1:
+        scales = f"above {chosen['inflation_scale']:g} cells" if chosen["inflation_scale"] else "all scales"
+        text += f", spread inflation {chosen['inflation']:g} ({scales})"
     if not sampler:
         return f"none recommended (forecasts default to {text})"
     return text + (f" ({sampler['evidence']})" if sampler.get("evidence") else "")

@@ -55,6 +55,9 @@ class JobConfig:
     #: rain at lead time k only within k cells of the rain observed at the init time (STEPS's mask)
     rain_mask: bool = True
     spacing: str = ""
+    #: the members' spread inflation factor; 0: the checkpoint's recommendation, else 1 (as sampled).
+    #: The scale it acts above is always the checkpoint's.
+    inflation: float = 0.0
     thresholds: tuple[float, ...] = ()
     seed: int = 0
     output_dir: str = "forecasts"
@@ -130,6 +133,11 @@ def _check(job: JobConfig) -> None:
     config.check_choice(job.prob_matching, probmatch.MATCHINGS, "key 'prob_matching'")
     if job.spacing:
         config.check_choice(job.spacing, config.SPACINGS, "key 'spacing'")
+    if job.inflation and not 0 < job.inflation < float("inf"):
+        raise InputError(
+            f"key 'inflation' must be 0 (the checkpoint's recommendation) or a positive factor, "
+            f"not {job.inflation}"
+        )
     for key in ("members", "batch_size", "coarsen"):
         if getattr(job, key) < 1:
             raise InputError(f"key {key!r} must be at least 1, not {getattr(job, key)}")
@@ -355,6 +363,7 @@ def _forecast_one(job: JobConfig, init: np.datetime64, inputs: tuple[LoadedModel
             prob_matching=job.prob_matching,
             rain_mask=job.rain_mask,
             spacing=job.spacing or None,
+            inflation=job.inflation or None,
         ),
         thresholds=job.thresholds,
         output=out,

@@ -476,6 +476,8 @@ def skill(
     prob_matching: str = "cdf",
     rain_mask: bool = True,
     spacing: str | None = None,
+    inflation: float | None = None,
+    inflation_scale: float | None = None,
     thresholds: Sequence[float] = (),
     pools: Sequence[int] | None = None,
     fss_windows: Sequence[int] = (5,),
@@ -520,6 +522,9 @@ def skill(
         STEPS's rain mask or not)
         and the spacing of the solver's steps (``time``, ``logsnr``; default: each checkpoint's
         recommendation, else ``time``).
+    inflation, inflation_scale : float, optional
+        The members' spread inflation factor and the scale in grid cells above which it acts
+        (:mod:`dydiff_earth.inflation`; default: each checkpoint's recommendation, else 1 and 0).
     thresholds, pools, fss_windows : sequence
         Event thresholds (variable units), max-pool sizes (default 1, 4, 16 that fit the grid), FSS windows.
     context : int
@@ -541,7 +546,14 @@ def skill(
     -------
     SkillResult
     """
-    from dydiff_earth.config import PRECISIONS, SOLVERS, SPACINGS, ForecastConfig, check_choice
+    from dydiff_earth.config import (
+        PRECISIONS,
+        SOLVERS,
+        SPACINGS,
+        ForecastConfig,
+        check_choice,
+        check_inflation,
+    )
     from dydiff_earth.probmatch import MATCHINGS
 
     cluster.check_options(workers, scheduler)
@@ -552,6 +564,7 @@ def skill(
     check_choice(prob_matching, MATCHINGS, "--prob-matching")
     if spacing is not None:
         check_choice(spacing, SPACINGS, "--spacing")
+    check_inflation(1.0 if inflation is None else inflation, inflation_scale or 0.0)
     config = ForecastConfig(
         members=members,
         sampling_steps=sampling_steps,
@@ -562,11 +575,14 @@ def skill(
         prob_matching=prob_matching,
         rain_mask=rain_mask,
         spacing=spacing,
+        inflation=inflation,
+        inflation_scale=inflation_scale,
     )
     systems = _model_systems(data_source, checkpoints, time, config, device, None)
     # Each model's own recommendation fills what the command left open: the report says what each used.
     samplers = "; ".join(
         f"{s.name}: {c.solver}, {c.sampling_steps} steps, {c.spacing} spacing"
+        + (f", inflation {c.inflation:g} above {c.inflation_scale:g} cells" if c.inflation != 1 else "")
         for s in systems
         for c in [s.forecaster.config]  # type: ignore[attr-defined]
     )
@@ -598,6 +614,8 @@ def skill(
         "prob_matching": prob_matching,
         "rain_mask": rain_mask,
         "spacing": spacing,
+        "inflation": inflation,
+        "inflation_scale": inflation_scale,
         "samplers": samplers,
         "thresholds": [float(t) for t in thresholds],
         "pools": list(pools),

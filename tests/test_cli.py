@@ -273,9 +273,15 @@ def test_forecast_bad_output_suffix(inputs: dict[str, Path]) -> None:
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("solver", "heun"), ("precision", "fp16"), ("prob_matching", "quantile"), ("spacing", "karras")],
+    [
+        ("solver", "heun"),
+        ("precision", "fp16"),
+        ("prob_matching", "quantile"),
+        ("spacing", "karras"),
+        ("inflation", "0"),
+    ],
 )
-def test_forecast_unknown_solver_precision_matching_or_spacing(
+def test_forecast_unknown_solver_precision_matching_spacing_or_inflation(
     inputs: dict[str, Path], option: str, value: str
 ) -> None:
     assert_user_error(forecast_args(inputs, **{option: value}), f"--{option.replace('_', '-')}", value)
@@ -286,6 +292,7 @@ def test_forecast_unknown_solver_precision_matching_or_spacing(
     [
         (["--sampling-steps", "0", "--spacing", "time"], ["--sampling-steps", "at least 1"]),
         (["--sampling-steps", "5", "--spacing", "karras"], ["--spacing", "karras"]),
+        (["--sampling-steps", "5", "--spacing", "time", "--inflation", "-1"], ["--inflation", "-1"]),
     ],
 )
 def test_recommend_refuses_a_sampler_that_cannot_run(

@@ -42,7 +42,17 @@ def model(store: Path, tmp_path_factory: pytest.TempPathFactory):
 def _forecast(model, store, **kw) -> xr.Dataset:
     options = {
         k: kw.pop(k)
-        for k in ("batch_size", "solver", "precision", "eta", "prob_matching", "spacing", "rain_mask")
+        for k in (
+            "batch_size",
+            "solver",
+            "precision",
+            "eta",
+            "prob_matching",
+            "spacing",
+            "rain_mask",
+            "inflation",
+            "inflation_scale",
+        )
         if k in kw
     }
     cfg = ForecastConfig(sampling_steps=3, **{"batch_size": 8, **options})
@@ -81,6 +91,26 @@ def test_members_depend_only_on_seed_init_and_index(model, store: Path) -> None:
     other_seed = _forecast(model, store, n_members=2, seed=2)
     assert not np.allclose(other_seed["precip"].values, two["precip"].values, equal_nan=True)
     assert eight["precip"].std("member").mean() > 0
+
+
+def test_inflation_widens_the_members_and_keeps_the_member_contract(model, store: Path) -> None:
+    raw = {"prob_matching": "none", "rain_mask": False}
+    sampled = _forecast(model, store, n_members=8, **raw)
+    wide = _forecast(model, store, n_members=8, inflation=2.0, **raw)
+    assert sampled.attrs["spread_inflation"].startswith("1 (") and wide.attrs["spread_inflation"].startswith(
+        "2 ("
+    )
+    assert float(wide["precip"].std("member").mean()) > 1.2 * float(sampled["precip"].std("member").mean())
+    # Two members are the first two of eight: the reference members are drawn, then dropped.
+    two = _forecast(model, store, n_members=2, inflation=2.0, **raw)
+    np.testing.assert_array_equal(two["precip"].values, wide["precip"].values[:2])
+    # Widened above 2 cells only: the members move apart less than at every scale, and it is recorded.
+    smooth = _forecast(model, store, n_members=8, inflation=2.0, inflation_scale=2.0, **raw)
+    assert "above 2 grid cells" in smooth.attrs["spread_inflation"]
+    spread = [float(ds["precip"].std("member").mean()) for ds in (sampled, smooth, wide)]
+    assert spread[0] < spread[1] < spread[2], spread
+    one_by_one = _forecast(model, store, n_members=8, inflation=2.0, batch_size=3, **raw)
+    np.testing.assert_array_equal(one_by_one["precip"].values, wide["precip"].values)
 
 
 def test_solver_and_precision_change_the_numbers_not_the_member_contract(model, store: Path) -> None:
@@ -441,12 +471,18 @@ def test_a_recommended_sampler_fills_only_what_the_forecast_leaves_open(store: P
     before, _ = io.load_checkpoint(ckpt)
     plain = DiffusionForecaster(load_model(ckpt))
     assert (plain.config.sampling_steps, plain.config.spacing) == (10, "time")  # DEFAULT_SAMPLER
-    recommend_sampler(ckpt, 3, "logsnr", "measured on the probe")
+    recommend_sampler(ckpt, 3, "logsnr", "measured on the probe", 1.5, 2.0)
     after, meta = io.load_checkpoint(ckpt)
-    assert meta["sampler"] == {"sampling_steps": 3, "spacing": "logsnr", "evidence": "measured on the probe"}
+    assert meta["sampler"] == {
+        "sampling_steps": 3,
+        "spacing": "logsnr",
+        "inflation": 1.5,
+        "inflation_scale": 2.0,
+        "evidence": "measured on the probe",
+    }
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     model = load_model(ckpt)
-    told = _forecast(model, store, spacing="logsnr")  # 3 steps, as _forecast always asks
+    told = _forecast(model, store, spacing="logsnr", inflation=1.5, inflation_scale=2.0)  # 3 steps, as asked
     untold = DiffusionForecaster(model, ForecastConfig(batch_size=8))
     assert untold.timesteps == [981, 327, 1]
     fields = open_fields(store, stats=model.variables)
@@ -454,18 +490,20 @@ def test_a_recommended_sampler_fills_only_what_the_forecast_leaves_open(store: P
     np.testing.assert_array_equal(same["precip"].values, told["precip"].values)
     assert same.attrs["sampler"] == told.attrs["sampler"]
     # What the forecast does say wins, one choice at a time.
-    timed = DiffusionForecaster(model, ForecastConfig(spacing="time"))
-    assert (timed.config.sampling_steps, timed.config.spacing) == (3, "time")
+    timed = DiffusionForecaster(model, ForecastConfig(spacing="time", inflation=1.0))
+    assert (timed.config.sampling_steps, timed.config.spacing, timed.config.inflation) == (3, "time", 1.0)
 
 
-@pytest.mark.parametrize(("steps", "spacing"), [(0, "logsnr"), (5, "karras")])
+@pytest.mark.parametrize(
+    ("steps", "spacing", "factor"), [(0, "logsnr", 1.0), (5, "karras", 1.0), (5, "time", 0.0)]
+)
 def test_recommending_a_sampler_that_cannot_run_is_an_input_error(
-    store: Path, tmp_path: Path, steps: int, spacing: str
+    store: Path, tmp_path: Path, steps: int, spacing: str, factor: float
 ) -> None:
     ckpt = testing.tiny_checkpoint(tmp_path / "m.safetensors", open_fields(store))
     before = ckpt.read_bytes()
-    with pytest.raises(InputError, match=r"--sampling-steps|--spacing"):
-        recommend_sampler(ckpt, steps, spacing, None)
+    with pytest.raises(InputError, match=r"--sampling-steps|--spacing|--inflation"):
+        recommend_sampler(ckpt, steps, spacing, None, factor)
     assert ckpt.read_bytes() == before
 
 
@@ -478,8 +516,19 @@ def test_recommending_a_sampler_that_cannot_run_is_an_input_error(
         {"sampler": {"sampling_steps": 0}},
         {"sampler": {"spacing": "karras"}},
         {"sampler": {"solver": "heun"}},
+        {"sampler": {"inflation": -1.0}},
+        {"sampler": {"inflation_scale": "wide"}},
     ],
-    ids=["context", "variables", "shapes", "sampler-steps", "sampler-spacing", "sampler-key"],
+    ids=[
+        "context",
+        "variables",
+        "shapes",
+        "sampler-steps",
+        "sampler-spacing",
+        "sampler-key",
+        "inflation",
+        "inflation-scale",
+    ],
 )
 def test_checkpoint_metadata_that_lies_is_refused(store: Path, tmp_path: Path, lie: dict) -> None:
     ckpt = testing.tiny_checkpoint(tmp_path / "m.safetensors", open_fields(store))

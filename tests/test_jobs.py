@@ -431,6 +431,7 @@ def test_retention_by_age_uses_init_times(tmp_path: Path, model: Path) -> None:
         ({"precision": "fp16"}, "key 'precision' must be fp32, bf16 or auto, not 'fp16'"),
         ({"prob_matching": "quantile"}, "key 'prob_matching' must be cdf or none, not 'quantile'"),
         ({"spacing": "karras"}, "key 'spacing' must be time or logsnr, not 'karras'"),
+        ({"inflation": -2}, "key 'inflation' must be 0 (the checkpoint's recommendation) or a positive"),
         ({"rain_mask": "yes"}, "key 'rain_mask' must be true or false"),
         ({"output_pattern": "f_%Y.grib"}, "key 'output_pattern' must end in .nc or .zarr"),
         ({"output_pattern": "../f_%Y%m%dT%H%M.nc"}, "key 'output_pattern' names files inside output_dir"),

@@ -1,0 +1,79 @@
+"""Spread inflation against its definition, member by member: each member moved away from the mean of the
+first eight by the factor, so that the spread about that mean grows by exactly the factor; above a scale,
+against a Gaussian low-pass summed point by point."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dydiff_earth.inflation import REFERENCE_MEMBERS, inflate, members_to_draw
+
+
+def test_each_member_moves_away_from_the_reference_mean_by_the_factor() -> None:
+    rng = np.random.default_rng(0)
+    members = rng.normal(size=(11, 3, 2, 5, 4)).astype(np.float32)
+    out = inflate(members, 1.75)
+    reference = members[:REFERENCE_MEMBERS].astype(np.float64)
+    mean = sum(reference) / REFERENCE_MEMBERS  # summed member by member
+    for k in range(11):
+        np.testing.assert_allclose(out[k], mean + 1.75 * (members[k] - mean), rtol=1e-5, atol=1e-5)
+    # The reference members keep their mean and their spread about it grows by the factor.
+    np.testing.assert_allclose(out[:REFERENCE_MEMBERS].mean(0), mean, atol=1e-5)
+    np.testing.assert_allclose(out[:REFERENCE_MEMBERS].std(0), 1.75 * reference.std(0), rtol=1e-4)
+    assert out.dtype == np.float32
+
+
+def _low_pass_at(field: np.ndarray, i: int, j: int, sigma: float) -> float:
+    """The Gaussian-weighted mean of ``field`` around ``(i, j)``, summed cell by cell (interior points)."""
+    radius = int(4 * sigma + 0.5)  # scipy's truncation at 4 standard deviations
+    total = weight = 0.0
+    for di in range(-radius, radius + 1):
+        for dj in range(-radius, radius + 1):
+            w = np.exp(-(di**2) / (2 * sigma**2)) * np.exp(-(dj**2) / (2 * sigma**2))
+            total += w * field[i + di, j + dj]
+            weight += w
+    return total / weight
+
+
+def test_above_a_scale_only_the_low_pass_of_the_departure_is_widened() -> None:
+    rng = np.random.default_rng(3)
+    members = rng.normal(size=(8, 2, 1, 24, 26)).astype(np.float32)
+    out = inflate(members, 3.0, scale=2.0)
+    mean = members.astype(np.float64).mean(0)
+    for k, t, i, j in [(0, 0, 12, 13), (5, 1, 9, 17), (7, 0, 15, 10)]:
+        departure = members[k, t, 0] - mean[t, 0]
+        expected = members[k, t, 0, i, j] + 2.0 * _low_pass_at(departure, i, j, 2.0)
+        np.testing.assert_allclose(out[k, t, 0, i, j], expected, rtol=1e-4, atol=1e-4)
+    # A departure uniform in space is widened by the factor; a checkerboard (the grid scale) is kept.
+    uniform = (
+        np.zeros((8, 1, 1, 24, 26), np.float32) + np.arange(8, dtype=np.float32)[:, None, None, None, None]
+    )
+    np.testing.assert_allclose(inflate(uniform, 3.0, scale=2.0), 3.5 + 3.0 * (uniform - 3.5), rtol=1e-5)
+    board = 2.0 * (np.indices((24, 26)).sum(0) % 2) - 1.0
+    grainy = np.stack([board * (k - 3.5) for k in range(8)])[:, None, None].astype(np.float32)
+    inside = (..., slice(8, -8), slice(8, -8))  # away from the edges, where the cell repeated breaks it
+    np.testing.assert_allclose(inflate(grainy, 3.0, scale=2.0)[inside], grainy[inside], atol=1e-3)
+
+
+def test_a_factor_of_one_is_the_members_as_sampled_at_any_size() -> None:
+    members = np.random.default_rng(1).normal(size=(3, 2, 1, 4, 4)).astype(np.float32)
+    np.testing.assert_array_equal(inflate(members, 1.0), members)
+    assert members_to_draw(3, 1.0) == 3
+    assert members_to_draw(3, 2.0) == REFERENCE_MEMBERS and members_to_draw(12, 2.0) == 12
+
+
+def test_a_member_does_not_depend_on_the_members_after_the_reference() -> None:
+    members = np.random.default_rng(2).normal(size=(12, 1, 1, 3, 3)).astype(np.float32)
+    np.testing.assert_array_equal(inflate(members[:9], 1.5), inflate(members, 1.5)[:9])
+
+
+@pytest.mark.parametrize(
+    ("size", "factor", "scale"),
+    [(4, 1.5, 0.0), (8, 0.0, 0.0), (8, -1.0, 0.0), (8, float("nan"), 0.0), (8, 2.0, -1.0)],
+)
+def test_too_few_members_or_a_factor_that_is_not_positive_is_refused(
+    size: int, factor: float, scale: float
+) -> None:
+    with pytest.raises(ValueError, match=r"reference members|positive"):
+        inflate(np.zeros((size, 1, 1, 2, 2), np.float32), factor, scale)
