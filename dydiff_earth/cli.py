@@ -758,11 +758,12 @@ def recommend(
 ) -> None:
     """Record the sampler a checkpoint's forecasts and skill runs use unless given one."""
     from dydiff_earth.forecast import recommend_sampler
+    from dydiff_earth.inflation import describe
 
     recommend_sampler(checkpoint, sampling_steps, spacing, evidence, inflation, inflation_scale)
     console.print(
         f"{checkpoint}: forecasts take {sampling_steps} steps, {spacing} spacing, spread inflation "
-        f"{inflation:g} above {inflation_scale:g} cells, unless told",
+        f"{describe(inflation, inflation_scale)}, unless told",
         highlight=False,
         soft_wrap=True,
     )

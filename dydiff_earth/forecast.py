@@ -808,16 +808,12 @@ def _mask_note(model: LoadedModel, cfg: ForecastConfig) -> str:
 
 
 def _inflation_note(cfg: ForecastConfig) -> str:
+    text = inflation.describe(cfg.inflation, cfg.inflation_scale)
     if cfg.inflation == 1:
-        return "1 (members as sampled)"
-    scales = (
-        f"above {cfg.inflation_scale:g} grid cells (Gaussian low-pass)"
-        if cfg.inflation_scale
-        else "at all scales"
-    )
+        return text
     return (
-        f"{cfg.inflation:g} (each member's departure from the mean of members 0-"
-        f"{inflation.REFERENCE_MEMBERS - 1} widened by it {scales}, in the sampled space)"
+        f"{text} (each member's departure from the mean of members 0-{inflation.REFERENCE_MEMBERS - 1} "
+        "widened by the factor, above the scale by a Gaussian low-pass, in the sampled space)"
     )
 
 

@@ -31,6 +31,13 @@ def members_to_draw(n_members: int, factor: float) -> int:
     return n_members if factor == 1 else max(n_members, REFERENCE_MEMBERS)
 
 
+def describe(factor: float, scale: float) -> str:
+    """The setting in words, as forecasts, skill reports and ``info`` show it."""
+    if factor == 1:
+        return "1 (as sampled)"
+    return f"{factor:g} " + (f"above {scale:g} grid cells" if scale else "at all scales")
+
+
 def inflate(members: np.ndarray, factor: float, scale: float = 0.0) -> np.ndarray:
     """``member + (factor - 1) * G(member - mean)``, ``mean`` over the first :data:`REFERENCE_MEMBERS`.
 
@@ -69,4 +76,4 @@ def inflate(members: np.ndarray, factor: float, scale: float = 0.0) -> np.ndarra
     return departure
 
 
-__all__ = ["REFERENCE_MEMBERS", "inflate", "members_to_draw"]
+__all__ = ["REFERENCE_MEMBERS", "describe", "inflate", "members_to_draw"]

@@ -23,7 +23,7 @@ import dask
 import numpy as np
 import xarray as xr
 
-from dydiff_earth import config, io, sources
+from dydiff_earth import config, inflation, io, sources
 from dydiff_earth.data import describe_step, time_segments
 from dydiff_earth.errors import InputError
 
@@ -464,8 +464,7 @@ def _sampler(sampler: dict[str, Any] | None) -> str:
     chosen = {**config.DEFAULT_SAMPLER, **(sampler or {})}
     text = f"{chosen['sampling_steps']} steps, {chosen['spacing']} spacing"
     if chosen["inflation"] != 1:
-        scales = f"above {chosen['inflation_scale']:g} cells" if chosen["inflation_scale"] else "all scales"
-        text += f", spread inflation {chosen['inflation']:g} ({scales})"
+        text += f", spread inflation {inflation.describe(chosen['inflation'], chosen['inflation_scale'])}"
     if not sampler:
         return f"none recommended (forecasts default to {text})"
     return text + (f" ({sampler['evidence']})" if sampler.get("evidence") else "")

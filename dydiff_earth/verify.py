@@ -554,6 +554,7 @@ def skill(
         check_choice,
         check_inflation,
     )
+    from dydiff_earth.inflation import describe
     from dydiff_earth.probmatch import MATCHINGS
 
     cluster.check_options(workers, scheduler)
@@ -582,7 +583,7 @@ def skill(
     # Each model's own recommendation fills what the command left open: the report says what each used.
     samplers = "; ".join(
         f"{s.name}: {c.solver}, {c.sampling_steps} steps, {c.spacing} spacing"
-        + (f", inflation {c.inflation:g} above {c.inflation_scale:g} cells" if c.inflation != 1 else "")
+        + (f", inflation {describe(c.inflation, c.inflation_scale)}" if c.inflation != 1 else "")
         for s in systems
         for c in [s.forecaster.config]  # type: ignore[attr-defined]
     )

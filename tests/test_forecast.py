@@ -97,9 +97,8 @@ def test_inflation_widens_the_members_and_keeps_the_member_contract(model, store
     raw = {"prob_matching": "none", "rain_mask": False}
     sampled = _forecast(model, store, n_members=8, **raw)
     wide = _forecast(model, store, n_members=8, inflation=2.0, **raw)
-    assert sampled.attrs["spread_inflation"].startswith("1 (") and wide.attrs["spread_inflation"].startswith(
-        "2 ("
-    )
+    assert sampled.attrs["spread_inflation"] == "1 (as sampled)"
+    assert wide.attrs["spread_inflation"].startswith("2 at all scales (")
     assert float(wide["precip"].std("member").mean()) > 1.2 * float(sampled["precip"].std("member").mean())
     # Two members are the first two of eight: the reference members are drawn, then dropped.
     two = _forecast(model, store, n_members=2, inflation=2.0, **raw)

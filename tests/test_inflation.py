@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dydiff_earth.inflation import REFERENCE_MEMBERS, inflate, members_to_draw
+from dydiff_earth.inflation import REFERENCE_MEMBERS, describe, inflate, members_to_draw
 
 
 def test_each_member_moves_away_from_the_reference_mean_by_the_factor() -> None:
@@ -60,6 +60,8 @@ def test_a_factor_of_one_is_the_members_as_sampled_at_any_size() -> None:
     members = np.random.default_rng(1).normal(size=(3, 2, 1, 4, 4)).astype(np.float32)
     np.testing.assert_array_equal(inflate(members, 1.0), members)
     assert members_to_draw(3, 1.0) == 3
+    assert describe(1.0, 2.0) == "1 (as sampled)" and describe(3.0, 2.0) == "3 above 2 grid cells"
+    assert describe(1.75, 0.0) == "1.75 at all scales"
     assert members_to_draw(3, 2.0) == REFERENCE_MEMBERS and members_to_draw(12, 2.0) == 12
 
 
