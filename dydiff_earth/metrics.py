@@ -1,10 +1,11 @@
 """Verification metrics for ensemble forecasts on xarray (no torch here): the module to import.
 
-Owns the scores of spatial structure (contingency-table scores of the ensemble mean after max-pooling,
-the fractions skill score, radially averaged power spectra), the default suite ``score_all`` and
-``combine_systems``. The point-by-point scores (CRPS, spread-skill, rank histogram, RMSE, MAE, bias,
-Brier, reliability) and the conventions every metric shares (masking, reduction, ``n_points``; see that
-module's docstring) live in :mod:`dydiff_earth.pointwise_metrics` and are re-exported here.
+Owns the scores of spatial structure (contingency-table scores of the ensemble mean and of the
+probability-matched mean after max-pooling, the fractions skill score, radially averaged power spectra),
+the default suite ``score_all`` and ``combine_systems``. The point-by-point scores (CRPS, spread-skill,
+rank histogram, RMSE, MAE, bias, Brier, reliability) and the conventions every metric shares (masking,
+reduction, ``n_points``; see that module's docstring) live in :mod:`dydiff_earth.pointwise_metrics` and
+are re-exported here.
 
 Each metric is a small frozen dataclass with ``compute(forecast, truth) -> xr.Dataset``, the shape of
 google-research/weatherbench2 ``metrics.py``.
@@ -42,6 +43,7 @@ from dydiff_earth.pointwise_metrics import (
     threshold_coord,
     truth_units,
 )
+from dydiff_earth.probmatch import matched_mean
 from dydiff_earth.schema import INIT_TIME, LEAD_TIME, MEMBER, SYSTEM, THRESHOLD
 
 # The point-by-point metrics moved to pointwise_metrics.py; they stay importable from here.
@@ -57,6 +59,7 @@ __all__ = [
     "REFERENCES",
     "RMSE",
     "SCALE",
+    "SUMMARIES",
     "WAVENUMBER",
     "Bias",
     "Brier",
@@ -81,6 +84,8 @@ REFERENCES = (
     "Fortin et al. (2014) Why should ensemble spread match the RMSE of the ensemble mean?, "
     "J. Hydrometeor. 15:1708, doi:10.1175/JHM-D-14-0008.1; "
     "Hamill (2001) Interpretation of rank histograms, MWR 129:550; "
+    "Ebert (2001) Ability of a poor man's ensemble to predict the probability and distribution of "
+    "precipitation, MWR 129:2461, doi:10.1175/1520-0493(2001)129<2461:AOAPMS>2.0.CO;2; "
     "Roberts & Lean (2008) Scale-selective verification of rainfall accumulations, MWR 136:78, "
     "doi:10.1175/2007MWR2123.1; Brier (1950) MWR 78:1; "
     "Ravuri et al. (2021) Skilful precipitation nowcasting using deep generative models of radar "
@@ -108,34 +113,49 @@ def _max_pool(events: xr.DataArray, pool: int, spatial: tuple[str, str]) -> xr.D
     return events.coarsen({d: pool for d in spatial}, boundary="trim").reduce(np.max)
 
 
+#: The deterministic summaries of an ensemble that :class:`Categorical` scores: the ensemble mean, and the
+#: probability-matched mean (:func:`dydiff_earth.probmatch.matched_mean`), whose variables are prefixed.
+SUMMARIES = {"mean": "", "matched_mean": "matched_"}
+
+
 @dataclass(frozen=True)
 class Categorical:
     """Contingency-table scores of the ensemble mean at thresholds, pixelwise and max-pooled.
 
     Events are exceedances ``>= threshold`` of the *ensemble mean* and of the truth, the convention of the
     nowcasting literature for ensembles (e.g. Ravuri et al. 2021, DGMR); note the ensemble mean is smoother
-    than any member, so its CSI favours blurry forecasts. Scores are computed pixelwise (pool 1) and after
-    max-pooling the binary fields over non-overlapping ``pool x pool`` windows (DGMR); a window holding a
-    masked point is masked. Counts are summed over init times and space before the ratios are taken
-    (``scores.categorical.BinaryContingencyManager``). Variables ``csi``, ``pod``, ``far``,
-    ``frequency_bias``, ``ets``, dims ``lead_time, threshold, pool``.
+    than any member, so its CSI favours blurry forecasts and misses heavy rain. ``summary="matched_mean"``
+    scores the probability-matched mean instead (Ebert 2001: the mean's pattern, the members' amounts).
+    Scores are computed pixelwise (pool 1) and after max-pooling the binary fields over non-overlapping
+    ``pool x pool`` windows (DGMR); a window holding a masked point is masked. Counts are summed over init
+    times and space before the ratios are taken (``scores.categorical.BinaryContingencyManager``).
+    Variables ``csi``, ``pod``, ``far``, ``frequency_bias``, ``ets`` (``matched_csi``, ... for the matched
+    mean), dims ``lead_time, threshold, pool``.
     """
 
     thresholds: Sequence[float]
     pools: Sequence[int] = (1, 4, 16)
     ensemble_dim: str = MEMBER
+    summary: str = "mean"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "thresholds", check_thresholds(self.thresholds))
         object.__setattr__(self, "pools", tuple(int(p) for p in self.pools))
         if not self.pools or min(self.pools) < 1:
             raise ValueError(f"pools must be positive integers; got {self.pools}")
+        if self.summary not in SUMMARIES:
+            raise ValueError(f"summary must be one of {sorted(SUMMARIES)}; got {self.summary!r}")
 
     def compute(self, forecast: xr.DataArray, truth: xr.DataArray) -> xr.Dataset:
         fc, y, valid = align_and_mask(forecast, truth, self.ensemble_dim)
         spatial = _spatial_dims(y)
         thresholds = threshold_coord(self.thresholds)
-        forecast_events = (fc.mean(self.ensemble_dim, skipna=False) >= thresholds).where(valid)
+        if self.summary == "mean":
+            summary = fc.mean(self.ensemble_dim, skipna=False)
+        else:
+            ordered = fc.transpose(self.ensemble_dim, ..., *spatial)
+            summary = ordered.isel({self.ensemble_dim: 0}, drop=True).copy(data=matched_mean(ordered.values))
+        forecast_events = (summary >= thresholds).where(valid)
         truth_events = (y >= thresholds).where(valid)
         per_pool = []
         for pool in self.pools:
@@ -158,7 +178,8 @@ class Categorical:
         scores = xr.concat(
             per_pool, dim=pools, data_vars="all", coords="different", compat="equals", join="exact"
         )
-        return finish({str(k): v for k, v in scores.data_vars.items()}, valid)
+        prefix = SUMMARIES[self.summary]
+        return finish({prefix + str(k): v for k, v in scores.data_vars.items()}, valid)
 
 
 def _box_sum(a: np.ndarray, n: int) -> np.ndarray:
@@ -382,6 +403,7 @@ def default_metrics(
     if thresholds:
         metrics += [
             Categorical(thresholds, pools, ensemble_dim),
+            Categorical(thresholds, pools, ensemble_dim, summary="matched_mean"),
             FSS(thresholds, fss_windows, ensemble_dim),
             Brier(thresholds, ensemble_dim),
             Reliability(thresholds, ensemble_dim=ensemble_dim),
@@ -421,7 +443,8 @@ def score_all(
     xr.Dataset
         One variable per score (``crps_fair``, ``crps``, ``rmse``, ``mae``, ``bias``, ``spread``, ``ssr``,
         ``rank_histogram``, ``rank_count``, ``power_forecast``, ``power_truth``, ``n_points`` and with
-        thresholds ``csi``, ``pod``, ``far``, ``frequency_bias``, ``ets``, ``fss``, ``brier``,
+        thresholds ``csi``, ``pod``, ``far``, ``frequency_bias``, ``ets`` (and ``matched_csi``, ... of
+        the probability-matched mean), ``fss``, ``brier``,
         ``reliability_*``, ``isolated_forecast``, ``isolated_truth``),
         named ``<var>_<score>`` when the forecast holds several variables. Dims
         ``lead_time`` plus ``threshold``, ``pool``, ``scale``, ``rank``, ``bin``, ``wavenumber`` where

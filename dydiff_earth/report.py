@@ -130,12 +130,15 @@ def curves_figure(scores: xr.Dataset, prefix: str = "") -> Figure:
         (prefix + "crps_fair", {}, "fair CRPS", f"fair CRPS ({units})"),
         (prefix + "rmse", {}, "RMSE of the ensemble mean", f"RMSE ({units})"),
     ]
-    for var, label in (("csi", "CSI of the mean"), ("fss", "FSS")):
+    for var, label in (
+        ("csi", "CSI of the mean"),
+        ("matched_csi", "CSI of the probability-matched mean"),
+        ("fss", "FSS"),
+    ):
         if prefix + var in scores:
             for t in scores[schema.THRESHOLD].values:
-                panels.append(
-                    (prefix + var, {schema.THRESHOLD: t}, f"{label}, ≥ {t:g} {units}", f"{var.upper()}")
-                )
+                title = f"{label}, ≥ {t:g} {units}"
+                panels.append((prefix + var, {schema.THRESHOLD: t}, title, var.split("_")[-1].upper()))
     fig, axes = _grid(len(panels), 2, 5.4, 3.4)
     xlabel = _leads(scores)[1]
     for ax, (var, select, title, ylabel) in zip(axes, panels, strict=True):

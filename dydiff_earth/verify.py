@@ -207,7 +207,8 @@ def headline(scores: xr.Dataset, reference: str = REFERENCE) -> dict[str, dict[s
     """Per system, scores averaged over lead times (each lead time weighs the same).
 
     Keys (``<var>_`` first when several variables): ``crps_fair``, ``crps``, ``rmse``, ``mae``,
-    ``spread``, ``ssr``, ``csi@T`` (pixelwise, pool 1) and ``fss@T`` (first window) per threshold T,
+    ``spread``, ``ssr``, ``csi@T`` and ``matched_csi@T`` (of the ensemble mean and of the
+    probability-matched mean, pixelwise, pool 1) and ``fss@T`` (first window) per threshold T,
     ``crps_skill`` (``1 - crps_fair / crps_fair`` of ``reference``, when it is a system) and ``n_points``
     (verified points summed over lead times). JSON-ready: NaN becomes ``None``.
     """
@@ -224,7 +225,7 @@ def headline(scores: xr.Dataset, reference: str = REFERENCE) -> dict[str, dict[s
                 ref = scores[p + "crps_fair"].sel({schema.SYSTEM: reference}).mean(schema.LEAD_TIME)
                 mine = one[p + "crps_fair"].mean(schema.LEAD_TIME)
                 row[p + "crps_skill"] = _number(1.0 - mine / ref) if float(ref) > 0 else None
-            for name, extra in (("csi", {"pool": 1}), ("fss", {})):
+            for name, extra in (("csi", {"pool": 1}), ("matched_csi", {"pool": 1}), ("fss", {})):
                 if p + name not in one:
                     continue
                 da = one[p + name]

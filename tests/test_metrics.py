@@ -263,6 +263,24 @@ def test_max_pooled_categorical_scores_match_brute_force() -> None:
             assert float(got["far"]) == pytest.approx(fa / (h + fa))
 
 
+def test_the_matched_mean_is_scored_like_the_mean_under_its_own_names() -> None:
+    from dydiff_earth.probmatch import matched_mean
+
+    forecast, truth = make_pair(shape=(2, 2, 7, 8), members=3, rain=True, seed=5)
+    plain = metrics.Categorical(thresholds=(1.0, 4.0), pools=(1, 2)).compute(forecast, truth)
+    matched = metrics.Categorical(thresholds=(1.0, 4.0), pools=(1, 2), summary="matched_mean")
+    got = matched.compute(forecast, truth)
+    scores = [str(v) for v in plain.data_vars if v != metrics.N_POINTS]
+    assert set(got.data_vars) == {metrics.N_POINTS, *(f"matched_{v}" for v in scores)}
+    # The same scores as the plain ones of a one-member ensemble holding the matched mean.
+    summary = forecast.isel({MEMBER: slice(0, 1)}).copy(data=matched_mean(forecast.values)[None])
+    again = metrics.Categorical(thresholds=(1.0, 4.0), pools=(1, 2)).compute(summary, truth)
+    for name in scores:
+        np.testing.assert_array_equal(got[f"matched_{name}"].values, again[name].values)
+    with pytest.raises(ValueError, match="summary"):
+        metrics.Categorical(thresholds=(1.0,), summary="median")
+
+
 # ---- FSS --------------------------------------------------------------------------------------------------
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dydiff_earth.probmatch import MASK_RIM, match_cdf, rain_mask
+from dydiff_earth.probmatch import MASK_RIM, match_cdf, matched_mean, rain_mask
 
 
 def _brute_force(field: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -79,3 +79,22 @@ def test_rain_mask_moves_with_the_rain() -> None:
 @pytest.mark.parametrize("fill", [0.0, np.nan])
 def test_rain_mask_of_a_dry_or_missing_observation_is_zero(fill: float) -> None:
     assert not rain_mask(np.full((8, 9), fill, np.float32), 2).any()
+
+
+def test_the_matched_mean_puts_the_pooled_members_values_in_the_ranks_of_the_mean() -> None:
+    rng = np.random.default_rng(4)
+    members = rng.gamma(0.5, 2.0, (4, 2, 6, 5)).astype(np.float32)
+    members[2, 1, 0, :2] = np.nan  # a member without data at two points of the second field
+    out = matched_mean(members)
+    for k in range(2):
+        field = members[:, k].reshape(4, -1)
+        points = [p for p in range(30) if np.isfinite(field[:, p]).all()]
+        pooled = sorted(field[:, points].ravel())
+        middles = [pooled[4 * r + 2] for r in range(len(points))]  # the middle of each group of 4
+        means = {p: field[:, p].mean() for p in points}
+        for r, p in enumerate(sorted(points, key=lambda q: means[q])):  # r-th lightest mean
+            assert out[k].ravel()[p] == pytest.approx(middles[r])
+        assert np.isnan(out[k].ravel()[[p for p in range(30) if p not in points]]).all()
+    # The members' heavy values survive where the plain mean would average them away.
+    assert np.nanmax(out) > np.nanmax(np.nanmean(members, axis=0))
+    np.testing.assert_array_equal(matched_mean(members[:1]), members[0])
