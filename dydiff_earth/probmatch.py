@@ -16,6 +16,9 @@ at lead time ``k`` only within ``k`` cells of the rain observed at the init time
 (:func:`rain_mask`). Applied before matching, it sends the observed amounts to the rain areas instead of
 to scattered pixels in dry ones.
 
+The same idea summarises an ensemble in one map (:func:`matched_mean`, Ebert 2001): the ensemble mean's
+pattern given the pooled members' amounts, which keeps the heavy rain that the plain mean averages away.
+
 Pure numpy (pysteps' empirical CDF matching and dilated mask); nothing here knows about models or
 diffusion.
 """
