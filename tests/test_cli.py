@@ -279,6 +279,7 @@ def test_forecast_bad_output_suffix(inputs: dict[str, Path]) -> None:
         ("prob_matching", "quantile"),
         ("spacing", "karras"),
         ("inflation", "0"),
+        ("inflation_scale", "-1"),
     ],
 )
 def test_forecast_unknown_solver_precision_matching_spacing_or_inflation(
