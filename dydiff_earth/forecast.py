@@ -890,7 +890,8 @@ def forecast_dataset(
     for c, spec in enumerate(fields.variables):
         attrs = dict(ds_in[spec.name].attrs)
         out[spec.name] = ((schema.MEMBER, schema.LEAD_TIME, *spatial), values[:, :, c], attrs)
-    out = add_derived(out, thresholds)
+    rain = [fields.variables[c].name for c in probmatch.precipitation_channels(fields.variables)]
+    out = add_derived(out, thresholds, matched=rain)
     out.attrs = {
         "Conventions": schema.CONVENTIONS,
         "title": f"dydiff-earth ensemble forecast from {init}",
@@ -902,8 +903,15 @@ def forecast_dataset(
     return out
 
 
-def add_derived(ds: xr.Dataset, thresholds: Sequence[float] = ()) -> xr.Dataset:
-    """``<var>_mean``, ``<var>_spread`` and, for thresholds, ``<var>_probability`` next to the members."""
+def add_derived(
+    ds: xr.Dataset, thresholds: Sequence[float] = (), matched: Sequence[str] = ()
+) -> xr.Dataset:
+    """``<var>_mean``, ``<var>_spread`` and, for thresholds, ``<var>_probability`` next to the members.
+
+    The variables named in ``matched`` (precipitation-like ones) also get ``<var>_matched_mean``, the
+    probability-matched mean (:func:`dydiff_earth.probmatch.matched_mean`): one map of where it rains
+    and how hard, which the plain mean blurs into wide drizzle and washed-out cores.
+    """
     ds = ds.copy()
     for name in schema.forecast_variables(ds):
         da = ds[name]
@@ -912,6 +920,14 @@ def add_derived(ds: xr.Dataset, thresholds: Sequence[float] = ()) -> xr.Dataset:
         ds[f"{name}_mean"] = da.mean(schema.MEMBER).assign_attrs(
             long_name=f"ensemble mean of {label}", units=units, cell_methods="realization: mean"
         )
+        if name in matched:
+            ds[f"{name}_matched_mean"] = da.isel(member=0, drop=True).copy(
+                data=probmatch.matched_mean(da.values)
+            ).assign_attrs(
+                long_name=f"probability-matched ensemble mean of {label}",
+                units=units,
+                cell_methods="realization: mean (ranks of the mean, values of the members: Ebert 2001)",
+            )
         spread = (
             da.std(schema.MEMBER, ddof=1) if da.sizes[schema.MEMBER] > 1 else xr.zeros_like(da.isel(member=0))
         )

@@ -172,7 +172,7 @@ def in_display_units(
         shift = _offset(_units(ds[var].attrs), units)
         if shift is None:
             continue
-        for name in (var, f"{var}_mean"):
+        for name in (var, f"{var}_mean", f"{var}_matched_mean"):
             if name in ds:
                 ds[name] = (ds[name] + shift).assign_attrs({**ds[name].attrs, "units": units})
         if f"{var}_spread" in ds:
@@ -377,19 +377,25 @@ def _single_map(grid: _Grid, values: np.ndarray, style: _Style, title: str, path
 
 
 def _mean_map(
-    grid: _Grid, mean: np.ndarray, last: Any, style: _Style, title: str, stamp: _Stamp, path: Path
+    grid: _Grid,
+    means: list[tuple[str, np.ndarray]],
+    last: Any,
+    style: _Style,
+    title: str,
+    stamp: _Stamp,
+    path: Path,
 ) -> Path:
-    """The ensemble mean next to the last observation before the forecast (``last``), when there is one.
+    """The ensemble mean (and the matched mean, when there is one) next to the last observation.
 
     A forecast map is read against what was seen at the init time: where the rain was, how much of it.
+    ``means`` are the ``(label, field)`` panels; ``last`` is None where no observation is at hand.
     """
-    if last is None:
-        return _single_map(grid, mean, style, title, path)
-    fig, axes = _new_figure(grid, 2)
+    panels = ([(f"observed at init {stamp.init:%H:%M}", last.values)] if last is not None else []) + means
+    if len(panels) == 1:
+        return _single_map(grid, panels[0][1], style, title, path)
+    fig, axes = _new_figure(grid, len(panels))
     artist = None
-    for ax, label, values in zip(
-        axes, (f"observed at init {stamp.init:%H:%M}", "ensemble mean"), (last.values, mean), strict=True
-    ):
+    for ax, (label, values) in zip(axes, panels, strict=True):
         artist = _draw_field(ax, grid, values, style)
         ax.set_title(label, fontsize=9)
     fig.suptitle(title, fontsize=10)
@@ -536,6 +542,7 @@ def plot_forecast(
         # The mean is a display fallback for forecasts written without derived products, not a score.
         mean = ds[f"{var}_mean"] if f"{var}_mean" in ds else ds[var].mean(schema.MEMBER, keep_attrs=True)
         mean_style = _style_for(var, ds[var].attrs, "value", np.asarray(mean.values, dtype=float))
+        matched = ds.get(f"{var}_matched_mean")
         spread = ds.get(f"{var}_spread")
         spread_style = None if spread is None else _style_for(var, ds[var].attrs, "spread", spread.values)
         for i in indices:
@@ -543,7 +550,10 @@ def plot_forecast(
             title = _title(var, ds[var].attrs, "ensemble mean", stamp)
             path = out / f"{var}_mean_lead{stamp.tag}.png"
             last = _truth_at(truth, var, stamp.init, mean.shape[1:])
-            written.append(_mean_map(grid, mean.isel(at).values, last, mean_style, title, stamp, path))
+            means = [("ensemble mean", mean.isel(at).values)]
+            if matched is not None:
+                means.append(("probability-matched mean", matched.isel(at).values))
+            written.append(_mean_map(grid, means, last, mean_style, title, stamp, path))
             if spread is not None and spread_style is not None:
                 title = _title(var, ds[var].attrs, "ensemble spread", stamp)
                 path = out / f"{var}_spread_lead{stamp.tag}.png"

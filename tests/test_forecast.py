@@ -78,6 +78,11 @@ def test_output_format_matches_the_input_grid(model, store: Path) -> None:
     assert np.isfinite(ds["precip"].values[..., 2:, 3:]).all()
     assert float(ds["precip"].min()) >= 0.0
     assert {"precip_mean", "precip_spread"} <= set(ds.data_vars)
+    # Rain also gets the probability-matched mean: the mean's ranks, the pooled members' values.
+    matched = ds["precip_matched_mean"]
+    assert matched.dims == ("lead_time", "latitude", "longitude")
+    np.testing.assert_array_equal(matched.values, probmatch.matched_mean(ds["precip"].values))
+    assert matched.attrs["units"] == "mm h-1" and "Ebert" in matched.attrs["cell_methods"]
     for key in ("checkpoint_sha256", "seed", "rng_scheme", "sampler", "sampling_steps", "input_time_range"):
         assert key in ds.attrs
 
@@ -409,6 +414,7 @@ def test_forecast_on_the_real_era5_grid(shared_data: Path, tmp_path: Path) -> No
     assert ds["t2m"].attrs["units"] == "K" and ds["t2m"].attrs["long_name"] == src["t2m"].attrs["long_name"]
     assert not {"step", "number", "time"} & set(ds.coords)
     assert str(ds[schema.VALID_TIME].values[0])[:16] == "2019-03-02T07:00"
+    assert "t2m_matched_mean" not in ds  # a temperature's mean is its summary; matching is for rain
 
 
 def test_motion_frame_model_forecasts_the_whole_domain_reproducibly(store: Path, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import pytest
 import xarray as xr
 from PIL import Image
 
-from dydiff_earth import plotting, schema
+from dydiff_earth import plotting, probmatch, schema
 
 matplotlib.use("Agg")
 
@@ -194,6 +194,10 @@ def test_mean_is_drawn_next_to_the_last_observation(tmp_path: Path) -> None:
     plotting.plot_forecast(ds, tmp_path / "b", truth=truth, members=0, lead_times=[0], animate=False)
     _check_png(tmp_path / "a" / "precip_mean_lead0030.png", _expected_size(2, ds, "precip"))
     _check_png(tmp_path / "b" / "precip_mean_lead0030.png", _expected_size(1, ds, "precip"))
+    # The probability-matched mean, where the file has one, is a third panel on the same scale.
+    ds["precip_matched_mean"] = ds["precip_mean"].copy(data=probmatch.matched_mean(ds["precip"].values))
+    plotting.plot_forecast(ds, tmp_path / "c", truth=with_init, members=0, lead_times=[0], animate=False)
+    _check_png(tmp_path / "c" / "precip_mean_lead0030.png", _expected_size(3, ds, "precip"))
 
 
 def test_temperatures_can_be_shown_in_celsius_without_touching_the_forecast() -> None:
