@@ -903,9 +903,7 @@ def forecast_dataset(
     return out
 
 
-def add_derived(
-    ds: xr.Dataset, thresholds: Sequence[float] = (), matched: Sequence[str] = ()
-) -> xr.Dataset:
+def add_derived(ds: xr.Dataset, thresholds: Sequence[float] = (), matched: Sequence[str] = ()) -> xr.Dataset:
     """``<var>_mean``, ``<var>_spread`` and, for thresholds, ``<var>_probability`` next to the members.
 
     The variables named in ``matched`` (precipitation-like ones) also get ``<var>_matched_mean``, the
@@ -921,12 +919,14 @@ def add_derived(
             long_name=f"ensemble mean of {label}", units=units, cell_methods="realization: mean"
         )
         if name in matched:
-            ds[f"{name}_matched_mean"] = da.isel(member=0, drop=True).copy(
-                data=probmatch.matched_mean(da.values)
-            ).assign_attrs(
-                long_name=f"probability-matched ensemble mean of {label}",
-                units=units,
-                cell_methods="realization: mean (ranks of the mean, values of the members: Ebert 2001)",
+            ds[f"{name}_matched_mean"] = (
+                da.isel(member=0, drop=True)
+                .copy(data=probmatch.matched_mean(da.values))
+                .assign_attrs(
+                    long_name=f"probability-matched ensemble mean of {label}",
+                    units=units,
+                    cell_methods="realization: mean (ranks of the mean, values of the members: Ebert 2001)",
+                )
             )
         spread = (
             da.std(schema.MEMBER, ddof=1) if da.sizes[schema.MEMBER] > 1 else xr.zeros_like(da.isel(member=0))
