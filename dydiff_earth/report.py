@@ -301,18 +301,19 @@ def _map_style(attrs: Mapping, reference: np.ndarray) -> dict[str, Any]:
 
 
 def example_figure(name: str, forecast: xr.Dataset, truth: xr.Dataset) -> Figure:
-    """Truth, ensemble mean and two members of one case at up to three lead times."""
+    """Truth, ensemble mean (and matched mean, where the forecast has one) and two members of one case.
+
+    Up to three lead times, one column each.
+    """
     var = schema.forecast_variables(forecast)[0]
     da = forecast[var]
-    mean = forecast[f"{var}_mean"] if f"{var}_mean" in forecast else da.mean(schema.MEMBER)
-    rows = (
-        [("truth", truth[var]), ("ensemble mean", mean)]
-        if da.sizes[schema.MEMBER] > 1
-        else [("truth", truth[var])]
-    )
     if da.sizes[schema.MEMBER] == 1:
-        rows.append(("forecast", da.isel({schema.MEMBER: 0})))
+        rows = [("truth", truth[var]), ("forecast", da.isel({schema.MEMBER: 0}))]
     else:
+        mean = forecast[f"{var}_mean"] if f"{var}_mean" in forecast else da.mean(schema.MEMBER)
+        rows = [("truth", truth[var]), ("ensemble mean", mean)]
+        if f"{var}_matched_mean" in forecast:
+            rows.append(("matched mean", forecast[f"{var}_matched_mean"]))
         rows += [(f"member {k}", da.isel({schema.MEMBER: k})) for k in range(2)]
     n = da.sizes[schema.LEAD_TIME]
     leads = sorted({0, n // 2, n - 1})
@@ -486,7 +487,8 @@ _CAPTIONS = {
     "at short wavelengths means blurry forecasts.",
     "isolated": "Share of the members' event points (the observations': dashed) with at most 2 of their 8 "
     "neighbours also events: speckle that the power spectra, averaged over the domain, hide.",
-    "example": "Observations, ensemble mean and two members of one case (the init time with most signal).",
+    "example": "Observations, ensemble mean (and, for rain, the probability-matched mean) and two members "
+    "of one case (the init time with most signal).",
 }
 
 

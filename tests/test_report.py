@@ -16,7 +16,7 @@ from PIL import Image
 
 from dydiff_earth import schema
 from dydiff_earth.metrics import combine_systems, score_all
-from dydiff_earth.report import table_rows, write_report
+from dydiff_earth.report import example_figure, table_rows, write_report
 from dydiff_earth.verify import headline
 
 INIT = np.datetime64("2017-01-31T12:00", "ns")
@@ -146,3 +146,19 @@ def test_report_renders_in_a_real_browser(report, tmp_path):
     assert 'data-images="9"' in dom, result.stderr[-2000:]
     assert 'data-broken="0"' in dom
     assert 'data-rows="3"' in dom
+
+
+def test_example_figure_shows_the_matched_mean_where_the_forecast_has_one() -> None:
+    rng = np.random.default_rng(1)
+    truth_values = _rain(rng, (3, 24, 24))
+    truth = _forecast(truth_values[None]).isel({schema.MEMBER: 0}, drop=True)
+    forecast = _forecast(truth_values[None] * rng.uniform(0.5, 1.5, (4, 3, 24, 24)).astype(np.float32))
+
+    def rows(ds: xr.Dataset) -> list[str]:
+        fig = example_figure("model", ds, truth)
+        return [ax.get_title().split(",")[0] for ax in fig.axes if ax.get_title()][::3]
+
+    assert rows(forecast) == ["truth", "ensemble mean", "member 0", "member 1"]
+    forecast["precip_matched_mean"] = forecast["precip_mean"] = forecast["precip"].mean(schema.MEMBER)
+    assert rows(forecast) == ["truth", "ensemble mean", "matched mean", "member 0", "member 1"]
+    assert rows(forecast.isel({schema.MEMBER: [0]})) == ["truth", "forecast"]
