@@ -591,12 +591,15 @@ class DiffusionForecaster:
     ) -> np.ndarray:
         """:meth:`sample`'s members with their spread inflated as configured, in the same space.
 
-        An inflated ensemble smaller than the reference members draws them too and returns its own.
+        An inflated ensemble smaller than the reference members draws them too and returns its own. Only
+        departures at valid points (``valid`` of the lead frames) are widened and spread to their
+        neighbours.
         """
         factor = self.config.inflation
         drawn = inflation.members_to_draw(n_members, factor)
         values = self.sample(ctx, valid, init, lead_times, drawn, seed, extra)
-        return inflation.inflate(values, factor, self.config.inflation_scale)[:n_members]
+        leads = valid[self.model.context : self.model.context + lead_times]
+        return inflation.inflate(values, factor, self.config.inflation_scale, leads)[:n_members]
 
     def sample(
         self,

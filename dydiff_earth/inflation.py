@@ -38,7 +38,9 @@ def describe(factor: float, scale: float) -> str:
     return f"{factor:g} " + (f"above {scale:g} grid cells" if scale else "at all scales")
 
 
-def inflate(members: np.ndarray, factor: float, scale: float = 0.0) -> np.ndarray:
+def inflate(
+    members: np.ndarray, factor: float, scale: float = 0.0, valid: np.ndarray | None = None
+) -> np.ndarray:
     """``member + (factor - 1) * G(member - mean)``, ``mean`` over the first :data:`REFERENCE_MEMBERS`.
 
     Parameters
@@ -50,6 +52,12 @@ def inflate(members: np.ndarray, factor: float, scale: float = 0.0) -> np.ndarra
     scale : float
         ``G``: a Gaussian low-pass over the last two axes with this standard deviation in grid cells
         (edges: the nearest cell repeated); 0 is the identity, ``mean + factor * (member - mean)``.
+    valid : np.ndarray, optional
+        Boolean, broadcastable to one member (``members.shape[1:]``): the points whose departures ``G``
+        averages, ``G(d v) / G(v)`` (a normalised convolution). Where the data are invalid the network's
+        members are unconstrained and depart from their mean far more than where they are valid; left
+        in, they would widen the members next to them. Points with no valid point within reach of ``G``
+        are not widened. Default: every point.
 
     Returns
     -------
@@ -70,7 +78,14 @@ def inflate(members: np.ndarray, factor: float, scale: float = 0.0) -> np.ndarra
     departure = members - members[:REFERENCE_MEMBERS].mean(axis=0, dtype=np.float64).astype(np.float32)
     if scale > 0:
         sigma = (0,) * (members.ndim - 2) + (scale, scale)
+        if valid is not None:
+            weight = np.broadcast_to(np.asarray(valid, np.float32), members.shape[1:])
+            departure *= weight
+            reach = gaussian_filter(weight, sigma=sigma[1:], mode="nearest")
         gaussian_filter(departure, sigma=sigma, mode="nearest", output=departure)
+        if valid is not None:
+            np.divide(departure, reach, out=departure, where=reach > 1e-6)
+            departure[:, reach <= 1e-6] = 0.0
     departure *= np.float32(factor - 1)
     departure += members
     return departure

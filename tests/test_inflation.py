@@ -56,6 +56,34 @@ def test_above_a_scale_only_the_low_pass_of_the_departure_is_widened() -> None:
     np.testing.assert_allclose(inflate(grainy, 3.0, scale=2.0)[inside], grainy[inside], atol=1e-3)
 
 
+def test_departures_at_invalid_points_widen_no_valid_point() -> None:
+    """With a validity mask the low-pass averages valid departures only: ``G(d v) / G(v)``."""
+    rng = np.random.default_rng(4)
+    members = rng.normal(size=(8, 2, 1, 24, 26)).astype(np.float32)
+    valid = np.ones((2, 1, 24, 26), bool)
+    valid[:, :, :, :9] = False  # a third of the grid, as outside a radar's coverage
+    out = inflate(members, 3.0, scale=2.0, valid=valid)
+    wild = members.copy()
+    wild[..., ~valid] *= 50.0  # whatever the members hold where the data are invalid
+    np.testing.assert_allclose(
+        inflate(wild, 3.0, scale=2.0, valid=valid)[..., valid], out[..., valid], rtol=1e-5
+    )
+    assert not np.allclose(inflate(wild, 3.0, scale=2.0)[..., valid], out[..., valid], rtol=1e-3)
+    mean = members.astype(np.float64).mean(0)
+    mask = valid[0, 0].astype(float)
+    for k, t, i, j in [(0, 0, 12, 11), (4, 1, 10, 9), (7, 1, 14, 17)]:  # next to the invalid band and away
+        departure = (members[k, t, 0] - mean[t, 0]) * mask
+        low = _low_pass_at(departure, i, j, 2.0) / _low_pass_at(mask, i, j, 2.0)
+        np.testing.assert_allclose(
+            out[k, t, 0, i, j], members[k, t, 0, i, j] + 2.0 * low, rtol=1e-4, atol=1e-4
+        )
+    # Far from any valid point nothing is widened; with every point valid the mask changes nothing.
+    np.testing.assert_array_equal(out[..., :, :1], members[..., :, :1])
+    np.testing.assert_allclose(
+        inflate(members, 3.0, 2.0, np.ones_like(valid)), inflate(members, 3.0, 2.0), atol=1e-6
+    )
+
+
 def test_a_factor_of_one_is_the_members_as_sampled_at_any_size() -> None:
     members = np.random.default_rng(1).normal(size=(3, 2, 1, 4, 4)).astype(np.float32)
     np.testing.assert_array_equal(inflate(members, 1.0), members)
