@@ -546,23 +546,29 @@ class DiffusionForecaster:
             )
         init = fields.times[idx]
         span = m.context + math.ceil(lead_times / m.horizon) * m.horizon
+        extra = None
         if m.frame == "lagrangian":
             velocity = window_motion(ctx, m.variables, m.context)
-            moved = motion.to_motion_frame(ctx, velocity, m.context - 1)
+            start = motion.to_motion_frame(ctx, velocity, m.context - 1)
             # Where each frame of the rollout has data in the motion frame: trajectories that leave the
             # grid or the radar coverage are invalid, as in training (the motion is held over the rollout).
             cover = np.where(coverage, np.float32(1), np.nan)[None, None]
             valid = np.isfinite(motion.to_motion_frame(np.repeat(cover, span, 0), velocity, m.context - 1))
-            values = self.members(np.nan_to_num(moved), valid, init, lead_times, n_members, seed)
-            values = motion.from_motion_frame(values, velocity)
         else:
-            velocity = None
+            velocity, start = None, ctx
             valid = np.broadcast_to(coverage, (span, 1, *coverage.shape))
-            extra = None
             if m.covariates:
                 grid = covariates.Covariates(fields, m.covariates)
                 extra = [grid.at(init + r * m.horizon * fields.time_step) for r in range(span // m.horizon)]
-            values = self.members(np.nan_to_num(ctx), valid, init, lead_times, n_members, seed, extra)
+        # The spread is inflated in the space sampled (the motion frame, normalised), over the reference
+        # members (an ensemble smaller than them draws them too), and only from valid points' departures.
+        factor = self.config.inflation
+        drawn = inflation.members_to_draw(n_members, factor)
+        values = self.sample(np.nan_to_num(start), valid, init, lead_times, drawn, seed, extra)
+        leads = valid[m.context : m.context + lead_times]
+        values = inflation.inflate(values, factor, self.config.inflation_scale, leads)[:n_members]
+        if velocity is not None:
+            values = motion.from_motion_frame(values, velocity)
         values = denormalize(values, m.variables)
         rain = probmatch.precipitation_channels(m.variables)
         observed = denormalize(ctx[-1], m.variables)
@@ -578,28 +584,6 @@ class DiffusionForecaster:
         return forecast_dataset(
             fields, values, idx, _provenance(m, self.config, fields, idx, seed, self.timesteps)
         )
-
-    def members(
-        self,
-        ctx: np.ndarray,
-        valid: np.ndarray,
-        init: np.datetime64,
-        lead_times: int,
-        n_members: int,
-        seed: int,
-        extra: Sequence[np.ndarray] | None = None,
-    ) -> np.ndarray:
-        """:meth:`sample`'s members with their spread inflated as configured, in the same space.
-
-        An inflated ensemble smaller than the reference members draws them too and returns its own. Only
-        departures at valid points (``valid`` of the lead frames) are widened and spread to their
-        neighbours.
-        """
-        factor = self.config.inflation
-        drawn = inflation.members_to_draw(n_members, factor)
-        values = self.sample(ctx, valid, init, lead_times, drawn, seed, extra)
-        leads = valid[self.model.context : self.model.context + lead_times]
-        return inflation.inflate(values, factor, self.config.inflation_scale, leads)[:n_members]
 
     def sample(
         self,
