@@ -35,7 +35,9 @@ def describe(factor: float, scale: float) -> str:
     """The setting in words, as forecasts, skill reports and ``info`` show it."""
     if factor == 1:
         return "1 (as sampled)"
-    return f"{factor:g} " + (f"above {scale:g} grid cells" if scale else "at all scales")
+    if not scale:
+        return f"{factor:g} at all scales"
+    return f"{factor:g} above {scale:g} grid cell" + ("" if scale == 1 else "s")
 
 
 def inflate(

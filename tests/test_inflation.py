@@ -90,6 +90,7 @@ def test_a_factor_of_one_is_the_members_as_sampled_at_any_size() -> None:
     assert members_to_draw(3, 1.0) == 3
     assert describe(1.0, 2.0) == "1 (as sampled)" and describe(3.0, 2.0) == "3 above 2 grid cells"
     assert describe(1.75, 0.0) == "1.75 at all scales"
+    assert describe(2.5, 1.0) == "2.5 above 1 grid cell"
     assert members_to_draw(3, 2.0) == REFERENCE_MEMBERS and members_to_draw(12, 2.0) == 12
 
 
