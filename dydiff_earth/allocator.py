@@ -6,12 +6,11 @@ with fresh memory from the kernel, which the kernel maps and zero-fills on first
 free, and it gives the top of its heap back to the kernel above its trim threshold. A network call or
 training step of the radar model allocates and frees hundreds of activations of 1 to 100 MiB, so a good
 part of its time went to the kernel's mapping and zeroing. With both thresholds raised to their largest
-value, freed blocks are reused instead. Measured on
-the 2-core AMD EPYC machine (2026-12-05, one thread, bf16, ``radar-4km-v1`` on the padded 160 x 192
-radar grid; docs/benchmarks.md, Keeping freed memory): a network call of one member 0.51 s against 0.58,
-of eight members 3.9 s against 6.1; 12 training steps of batch 8 at patch 64 (two threads) 38 s against
-43, with half the system time; peak resident memory 1 to 6 % higher, since memory freed at the peak is
-kept until the process ends.
+value, freed blocks are reused instead. Measured on the 2-core AMD EPYC machine (2026-12-05, fresh
+processes, alternating; docs/benchmarks.md, Keeping freed memory): the radar forecast command 21.7-22.9 s
+against 24.2-24.3 (one thread), 12 training steps of the radar preset 37.6-38.6 s against 42.7-44.3 (two
+threads), eight members in one network call 3.8-3.9 s against 6.2-6.7; peak resident memory within the
+spread of the repeats (memory freed at the peak is kept until the process ends).
 
 Only for the process of a command (:func:`dydiff_earth.cli.main` calls it): a library that changes its
 caller's allocator would surprise it. Where a user has set glibc's own variables for these settings
