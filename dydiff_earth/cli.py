@@ -829,7 +829,7 @@ def main() -> None:
     # rfc3987_syntax (the notebooks extra brings it) for IRI formats that nothing here checks: 1.1 s of
     # every command that estimates motion (2026-12-04). This process is the command's own, so skip it.
     sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
-    # Freed tensors reused instead of handed back to the kernel: forecasts and training 5-13 % faster on
+    # Freed tensors reused instead of handed back to the kernel: forecasts and training 8-12 % faster on
     # the CPU (dydiff_earth/allocator.py).
     allocator.keep_freed_memory()
     app()
