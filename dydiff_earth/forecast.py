@@ -560,8 +560,8 @@ class DiffusionForecaster:
             if m.covariates:
                 grid = covariates.Covariates(fields, m.covariates)
                 extra = [grid.at(init + r * m.horizon * fields.time_step) for r in range(span // m.horizon)]
-        # The spread is inflated in the space sampled (the motion frame, normalised), over the reference
-        # members (an ensemble smaller than them draws them too), and only from valid points' departures.
+        # The spread is inflated in the space sampled (the motion frame, normalised), in groups of members
+        # (an ensemble not a whole number of groups draws the rest of its last), from valid departures only.
         factor = self.config.inflation
         drawn = inflation.members_to_draw(n_members, factor)
         values = self.sample(np.nan_to_num(start), valid, init, lead_times, drawn, seed, extra)
@@ -799,7 +799,8 @@ def _inflation_note(cfg: ForecastConfig) -> str:
     if cfg.inflation == 1:
         return text
     return (
-        f"{text} (each member's departure from the mean of members 0-{inflation.REFERENCE_MEMBERS - 1} "
+        f"{text} (each member's departure from the mean of its group of {inflation.GROUP_SIZE}, members "
+        f"0-{inflation.GROUP_SIZE - 1}, {inflation.GROUP_SIZE}-{2 * inflation.GROUP_SIZE - 1} and so on, "
         "widened by the factor, above the scale by a Gaussian low-pass, in the sampled space)"
     )
 

@@ -11,9 +11,13 @@ departure, ``scale`` cells), the members keep the structures the network drew an
 they put them. Factor and scale are properties of a trained model, measured on its training data and
 recorded with its sampler (``dydiff-earth recommend --inflation --inflation-scale``).
 
-The mean is that of the first :data:`REFERENCE_MEMBERS` members, whatever the ensemble size, so that
-member ``k`` still depends only on (seed, init time, ``k``) and a factor measured with one ensemble
-size holds for all: a smaller ensemble draws the missing reference members and drops them.
+The members are inflated in groups of :data:`GROUP_SIZE` (members 0-7, 8-15, ...), each about its own
+mean, so that member ``k`` still depends only on (seed, init time, its group) and a factor measured with
+one ensemble size holds for all: an ensemble that is not a whole number of groups draws the rest of its
+last group and drops it. One mean for all members would not do: a member outside the members averaged
+is independent of their mean's sampling error, and moved away from that mean by the factor, it carries
+the error amplified and reversed (with 24 members about the mean of the first 8, the radar model's fair
+CRPS was 3.5 % worse than with 8; docs/skill.md).
 
 Pure numpy and scipy; nothing here knows about models or diffusion.
 """
@@ -22,13 +26,13 @@ from __future__ import annotations
 
 import numpy as np
 
-#: Members whose mean the others are inflated about (the ensemble size the factors were measured with).
-REFERENCE_MEMBERS = 8
+#: Members inflated together about their mean (the ensemble size the factors were measured with).
+GROUP_SIZE = 8
 
 
 def members_to_draw(n_members: int, factor: float) -> int:
-    """How many members a forecast of ``n_members`` samples: the reference members at least when inflated."""
-    return n_members if factor == 1 else max(n_members, REFERENCE_MEMBERS)
+    """How many members a forecast of ``n_members`` samples: whole groups when inflated."""
+    return n_members if factor == 1 else -(-n_members // GROUP_SIZE) * GROUP_SIZE
 
 
 def describe(factor: float, scale: float) -> str:
@@ -43,12 +47,12 @@ def describe(factor: float, scale: float) -> str:
 def inflate(
     members: np.ndarray, factor: float, scale: float = 0.0, valid: np.ndarray | None = None
 ) -> np.ndarray:
-    """``member + (factor - 1) * G(member - mean)``, ``mean`` over the first :data:`REFERENCE_MEMBERS`.
+    """``member + (factor - 1) * G(member - mean)``, ``mean`` over the member's group of :data:`GROUP_SIZE`.
 
     Parameters
     ----------
     members : np.ndarray
-        ``(M, ..., H, W)``, finite, with ``M >= REFERENCE_MEMBERS`` unless ``factor`` is 1.
+        ``(M, ..., H, W)``, finite, ``M`` a multiple of :data:`GROUP_SIZE` unless ``factor`` is 1.
     factor : float
         Positive; 1 returns ``members`` unchanged, above 1 widens the ensemble, below narrows it.
     scale : float
@@ -73,11 +77,13 @@ def inflate(
     members = np.asarray(members, np.float32)
     if factor == 1:
         return members
-    if len(members) < REFERENCE_MEMBERS:
-        raise ValueError(f"inflation needs the {REFERENCE_MEMBERS} reference members, got {len(members)}")
+    if len(members) % GROUP_SIZE:
+        raise ValueError(f"inflation needs whole groups of {GROUP_SIZE} members, got {len(members)}")
     # One float32 array beyond the members (a global grid's ensemble is 0.5 GiB): filtered in place
     # (scipy filters line by line through a buffer), then turned into the result.
-    departure = members - members[:REFERENCE_MEMBERS].mean(axis=0, dtype=np.float64).astype(np.float32)
+    groups = members.reshape(-1, GROUP_SIZE, *members.shape[1:])
+    mean = groups.mean(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
+    departure = (groups - mean).reshape(members.shape)
     if scale > 0:
         sigma = (0,) * (members.ndim - 2) + (scale, scale)
         if valid is not None:
@@ -93,4 +99,4 @@ def inflate(
     return departure
 
 
-__all__ = ["REFERENCE_MEMBERS", "describe", "inflate", "members_to_draw"]
+__all__ = ["GROUP_SIZE", "describe", "inflate", "members_to_draw"]

@@ -105,9 +105,12 @@ def test_inflation_widens_the_members_and_keeps_the_member_contract(model, store
     assert sampled.attrs["spread_inflation"] == "1 (as sampled)"
     assert wide.attrs["spread_inflation"].startswith("2 at all scales (")
     assert float(wide["precip"].std("member").mean()) > 1.2 * float(sampled["precip"].std("member").mean())
-    # Two members are the first two of eight: the reference members are drawn, then dropped.
+    # Two members are the first two of eight: the rest of their group is drawn, then dropped; the
+    # members of a second group leave the first one's as they are.
     two = _forecast(model, store, n_members=2, inflation=2.0, **raw)
     np.testing.assert_array_equal(two["precip"].values, wide["precip"].values[:2])
+    nine = _forecast(model, store, n_members=9, inflation=2.0, **raw)
+    np.testing.assert_array_equal(nine["precip"].values[:8], wide["precip"].values)
     # Widened above 2 cells only: the members move apart less than at every scale, and it is recorded.
     smooth = _forecast(model, store, n_members=8, inflation=2.0, inflation_scale=2.0, **raw)
     assert "above 2 grid cells" in smooth.attrs["spread_inflation"]

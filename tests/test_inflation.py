@@ -1,26 +1,28 @@
-"""Spread inflation against its definition, member by member: each member moved away from the mean of the
-first eight by the factor, so that the spread about that mean grows by exactly the factor; above a scale,
-against a Gaussian low-pass summed point by point."""
+"""Spread inflation against its definition, member by member: each member moved away from the mean of its
+group of eight by the factor, so that the spread about that mean grows by exactly the factor; above a
+scale, against a Gaussian low-pass summed point by point."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from dydiff_earth.inflation import REFERENCE_MEMBERS, describe, inflate, members_to_draw
+from dydiff_earth.inflation import GROUP_SIZE, describe, inflate, members_to_draw
 
 
-def test_each_member_moves_away_from_the_reference_mean_by_the_factor() -> None:
+def test_each_member_moves_away_from_its_group_mean_by_the_factor() -> None:
     rng = np.random.default_rng(0)
-    members = rng.normal(size=(11, 3, 2, 5, 4)).astype(np.float32)
+    members = rng.normal(size=(3 * GROUP_SIZE, 3, 2, 5, 4)).astype(np.float32)
     out = inflate(members, 1.75)
-    reference = members[:REFERENCE_MEMBERS].astype(np.float64)
-    mean = sum(reference) / REFERENCE_MEMBERS  # summed member by member
-    for k in range(11):
-        np.testing.assert_allclose(out[k], mean + 1.75 * (members[k] - mean), rtol=1e-5, atol=1e-5)
-    # The reference members keep their mean and their spread about it grows by the factor.
-    np.testing.assert_allclose(out[:REFERENCE_MEMBERS].mean(0), mean, atol=1e-5)
-    np.testing.assert_allclose(out[:REFERENCE_MEMBERS].std(0), 1.75 * reference.std(0), rtol=1e-4)
+    for g in range(3):
+        group = members[g * GROUP_SIZE : (g + 1) * GROUP_SIZE].astype(np.float64)
+        mean = sum(group) / GROUP_SIZE  # summed member by member
+        for k in range(g * GROUP_SIZE, (g + 1) * GROUP_SIZE):
+            np.testing.assert_allclose(out[k], mean + 1.75 * (members[k] - mean), rtol=1e-5, atol=1e-5)
+        # Each group keeps its mean and its spread about it grows by the factor.
+        inflated = out[g * GROUP_SIZE : (g + 1) * GROUP_SIZE]
+        np.testing.assert_allclose(inflated.mean(0), mean, atol=1e-5)
+        np.testing.assert_allclose(inflated.std(0), 1.75 * group.std(0), rtol=1e-4)
     assert out.dtype == np.float32
 
 
@@ -91,20 +93,22 @@ def test_a_factor_of_one_is_the_members_as_sampled_at_any_size() -> None:
     assert describe(1.0, 2.0) == "1 (as sampled)" and describe(3.0, 2.0) == "3 above 2 grid cells"
     assert describe(1.75, 0.0) == "1.75 at all scales"
     assert describe(2.5, 1.0) == "2.5 above 1 grid cell"
-    assert members_to_draw(3, 2.0) == REFERENCE_MEMBERS and members_to_draw(12, 2.0) == 12
+    assert members_to_draw(3, 2.0) == 8 and members_to_draw(12, 2.0) == 16 and members_to_draw(24, 2.0) == 24
 
 
-def test_a_member_does_not_depend_on_the_members_after_the_reference() -> None:
-    members = np.random.default_rng(2).normal(size=(12, 1, 1, 3, 3)).astype(np.float32)
-    np.testing.assert_array_equal(inflate(members[:9], 1.5), inflate(members, 1.5)[:9])
+def test_a_member_depends_on_its_own_group_only() -> None:
+    members = np.random.default_rng(2).normal(size=(16, 1, 1, 3, 3)).astype(np.float32)
+    both = inflate(members, 1.5)
+    np.testing.assert_array_equal(inflate(members[:8], 1.5), both[:8])
+    np.testing.assert_array_equal(inflate(members[8:], 1.5), both[8:])
 
 
 @pytest.mark.parametrize(
     ("size", "factor", "scale"),
-    [(4, 1.5, 0.0), (8, 0.0, 0.0), (8, -1.0, 0.0), (8, float("nan"), 0.0), (8, 2.0, -1.0)],
+    [(4, 1.5, 0.0), (12, 1.5, 0.0), (8, 0.0, 0.0), (8, -1.0, 0.0), (8, float("nan"), 0.0), (8, 2.0, -1.0)],
 )
-def test_too_few_members_or_a_factor_that_is_not_positive_is_refused(
+def test_a_partial_group_or_a_factor_that_is_not_positive_is_refused(
     size: int, factor: float, scale: float
 ) -> None:
-    with pytest.raises(ValueError, match=r"reference members|positive"):
+    with pytest.raises(ValueError, match=r"whole groups|positive"):
         inflate(np.zeros((size, 1, 1, 2, 2), np.float32), factor, scale)

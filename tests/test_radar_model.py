@@ -3,7 +3,7 @@ same run.
 
 A guard, not the measurement: two init times, 4 members and the sampler the checkpoint recommends (4 steps
 of DPM-Solver++(2M), evenly spaced in log signal-to-noise ratio, spread inflation 2.5 above 1 cell, which
-draws the 8 reference members) keep it to a few minutes on two cores. The full protocol (`radar-4km-v1`:
+draws a whole group of 8 members) keep it to a few minutes on two cores. The full protocol (`radar-4km-v1`:
 7 init times, 8 members) is in `docs/skill.md`.
 Each bound sits between what `radar-4km-v1` scored in this setting and what the earlier radar model
 (observed frame, `tiny`, 500 steps) or extrapolation scored, so a regression to speckle, to a washed-out
