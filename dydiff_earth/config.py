@@ -118,7 +118,7 @@ class ForecastConfig:
     #: diffusion step (the paper's), or "logsnr", evenly in log signal-to-noise ratio (DPM-Solver's);
     #: None: the checkpoint's recommendation, else "time"
     spacing: str | None = None
-    #: members' departures from the mean of the first 8 widened by this factor in the sampled space
+    #: members' departures from the mean of their group of 8 widened by this factor in the sampled space
     #: (:mod:`dydiff_earth.inflation`); None: the checkpoint's recommendation, else 1 (as sampled)
     inflation: float | None = None
     #: the scale in grid cells above which departures are widened (a Gaussian low-pass; 0: all scales);
