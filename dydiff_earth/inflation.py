@@ -19,6 +19,12 @@ is independent of their mean's sampling error, and moved away from that mean by 
 the error amplified and reversed (with 24 members about the mean of the first 8, the radar model's fair
 CRPS was 3.5 % worse than with 8; docs/skill.md).
 
+Inflated members of one group are not independent draws: moved away from their own mean, they differ
+from one another more than independent draws from the same distribution would, so the fair CRPS of
+them, which assumes independence, is optimistic (by 2.5 to 3 % on the radar model's held-out event);
+members of different groups are independent, and scoring with their pairs only is not (docs/skill.md,
+Independent members).
+
 Pure numpy and scipy; nothing here knows about models or diffusion.
 """
 
