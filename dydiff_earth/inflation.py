@@ -22,8 +22,8 @@ CRPS was 3.5 % worse than with 8; docs/skill.md).
 Inflated members of one group are not independent draws: moved away from their own mean, they differ
 from one another more than independent draws from the same distribution would, so the fair CRPS of
 them, which assumes independence, is optimistic (by 2.5 to 3 % on the radar model's held-out event);
-members of different groups are independent, and scoring with their pairs only is not (docs/skill.md,
-Independent members).
+members of different groups are independent, and a fair CRPS whose spread term takes only their pairs
+is not (docs/skill.md, Independent members).
 
 Pure numpy and scipy; nothing here knows about models or diffusion.
 """
