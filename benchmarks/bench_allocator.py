@@ -48,6 +48,8 @@ SETTINGS = {"glibc defaults": {"GLIBC_TUNABLES": ""}, "freed memory kept": {}}
 
 
 def measure(setting: str, store: Path, train_store: Path, work: Path) -> dict:
+    """One round of ``setting``; its outputs go to ``work``, one folder per call."""
+    work = Path(tempfile.mkdtemp(dir=work))
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"} | SETTINGS[setting]
     one = env | {"OMP_NUM_THREADS": "1"}
     row = {}
@@ -64,7 +66,7 @@ def measure(setting: str, store: Path, train_store: Path, work: Path) -> dict:
     tr = run(
         [*cli, "train", "--data", str(train_store), "--preset", "radar", "--context", "4", "--horizon", "12",
          "--patch", "64", "--batch-size", "8", "--steps", "12", "--rain-weighted", "--validation-fraction",
-         "0", "--quiet", "--output", str(work / f"t{len(os.listdir(work))}.safetensors")],
+         "0", "--quiet", "--output", str(work / "t.safetensors")],
         env | {"OMP_NUM_THREADS": "2"},
     )  # fmt: skip
     row["train"], row["train peak"], row["train cpu"] = tr["wall"], tr["peak_mib"], tr["cpu"]
