@@ -654,6 +654,13 @@ def skill(
         for key, value in row.items()
         if key.endswith("crps_fair") and value is not None
     )
+    if result.summary["options"]["fair_crps"]:
+        console.print(
+            f"fair CRPS of {result.summary['options']['fair_crps']}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     console.print(
         f"wrote {result.report}: {len(result.init_times)} init times, fair CRPS {crps} "
         f"in {sum(result.seconds.values()):.0f} s",

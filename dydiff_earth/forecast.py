@@ -822,6 +822,8 @@ def _provenance(
         "sampler": f"{SOLVER_NOTES[cfg.solver]}{_eta_note(cfg)}, {SPACING_NOTES[cfg.spacing]}",
         "sampling_steps": len(steps),
         "spread_inflation": _inflation_note(cfg),
+        # Machine-readable for `evaluate`: the fair CRPS of dependent members takes pairs across groups.
+        **({"inflation_group_size": inflation.GROUP_SIZE} if cfg.inflation != 1 else {}),
         "precision": f"{cfg.precision} ({PRECISION_NOTES[cfg.precision]})",
         "prob_matching": _matching_note(model, cfg),
         "rain_mask": _mask_note(model, cfg),

@@ -388,10 +388,11 @@ def default_metrics(
     pools: Sequence[int] = (1, 4, 16),
     fss_windows: Sequence[int] = (5,),
     ensemble_dim: str = MEMBER,
+    group_size: int | None = None,
 ) -> tuple[Metric, ...]:
     """The metrics ``score_all`` runs; threshold scores only when ``thresholds`` are given."""
     metrics: list[Metric] = [
-        CRPS(fair=True, ensemble_dim=ensemble_dim),
+        CRPS(fair=True, ensemble_dim=ensemble_dim, group_size=group_size),
         CRPS(fair=False, ensemble_dim=ensemble_dim),
         RMSE(ensemble_dim),
         MAE(ensemble_dim),
@@ -420,6 +421,7 @@ def score_all(
     pools: Sequence[int] = (1, 4, 16),
     fss_windows: Sequence[int] = (5,),
     ensemble_dim: str = MEMBER,
+    group_size: int | None = None,
 ) -> xr.Dataset:
     """Every metric for every forecast variable (those with ``ensemble_dim``).
 
@@ -437,6 +439,9 @@ def score_all(
         Max-pool sizes of the categorical scores and FSS window sides, in grid points.
     ensemble_dim : str
         The member dim.
+    group_size : int, optional
+        Members made dependent in consecutive groups of this size (spread inflation): the fair CRPS
+        takes pairs of members from different groups only (:class:`CRPS`). Default: independent members.
 
     Returns
     -------
@@ -459,13 +464,17 @@ def score_all(
     if missing:
         raise ValueError(f"truth lacks the forecast variables {missing}")
     metrics = default_metrics(
-        thresholds=thresholds, pools=pools, fss_windows=fss_windows, ensemble_dim=ensemble_dim
+        thresholds=thresholds,
+        pools=pools,
+        fss_windows=fss_windows,
+        ensemble_dim=ensemble_dim,
+        group_size=group_size,
     )
     out: dict[str, xr.DataArray] = {}
     for name in names:
         # One fair CRPS and MSE per case too, when there are several: confidence intervals resample cases.
         cases = (
-            CRPS(fair=True, ensemble_dim=ensemble_dim, keep=(INIT_TIME,)),
+            CRPS(fair=True, ensemble_dim=ensemble_dim, keep=(INIT_TIME,), group_size=group_size),
             MSE(ensemble_dim=ensemble_dim, keep=(INIT_TIME,)),
         )
         extra = cases if INIT_TIME in truth[name].dims else ()

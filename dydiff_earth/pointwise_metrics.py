@@ -135,6 +135,25 @@ def exceedance_probability(
 # --------------------------------------------------------------------------------------------------------
 
 
+def _sum_abs_differences(x: np.ndarray) -> np.ndarray:
+    """``sum_ij |x_i - x_j|`` over ordered pairs along the last axis, in O(M log M): sorted, the k-th of
+    M values (from 0) is above k others and below M - 1 - k, so it counts ``2 (2k - M + 1)`` times."""
+    m = x.shape[-1]
+    return 2.0 * (np.sort(x, axis=-1) * (2.0 * np.arange(m) - m + 1.0)).sum(-1)
+
+
+def _cross_group_spread(members: np.ndarray, group_size: int) -> np.ndarray:
+    """``sum |X_i - X_j| / (2 K)`` over the K ordered pairs of members in different consecutive groups of
+    ``group_size`` (members on the last axis): all pairs less the pairs within each group."""
+    m = members.shape[-1]
+    starts = range(0, m, group_size)
+    pairs = m * m - sum(min(group_size, m - s) ** 2 for s in starts)
+    total = _sum_abs_differences(members)
+    for s in starts:
+        total -= _sum_abs_differences(members[..., s : s + group_size])
+    return total / (2.0 * pairs) if pairs else np.full(total.shape, np.nan)
+
+
 @dataclass(frozen=True)
 class CRPS:
     """Ensemble CRPS, ``mean_i |X_i - y| - sum_ij |X_i - X_j| / (2 K)`` (Gneiting & Raftery 2007).
@@ -144,6 +163,12 @@ class CRPS:
     the empirical CDF of the members. Variable ``crps_fair`` or ``crps`` (truth units), dims ``lead_time``.
     Computed by ``scores.probability.crps_for_ensemble``.
 
+    ``group_size`` (fair only): members were made dependent in consecutive groups of this size (spread
+    inflation about each group's mean, :mod:`dydiff_earth.inflation`), so a pair within a group differs
+    more than two independent draws would and the fair CRPS above is optimistic. The spread term then
+    takes only the K pairs from different groups, which are independent: unbiased again, NaN with one
+    group. ``group_size=1`` is the plain fair CRPS.
+
     ``keep`` names dims not averaged over, e.g. ``("init_time",)`` for one score per case (what a
     bootstrap over cases resamples); the variable is then ``crps_fair_by_init_time``.
     """
@@ -151,15 +176,30 @@ class CRPS:
     fair: bool = True
     ensemble_dim: str = MEMBER
     keep: tuple[str, ...] = ()
+    group_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.group_size is not None and (not self.fair or self.group_size < 1):
+            raise ValueError(f"group_size needs fair=True and at least 1, got {self.group_size}")
 
     def compute(self, forecast: xr.DataArray, truth: xr.DataArray) -> xr.Dataset:
         fc, y, valid = align_and_mask(forecast, truth, self.ensemble_dim)
-        # With one member the fair spread term is 0/0 in scores; both forms reduce to |X - y| there.
-        method = "fair" if self.fair and fc.sizes[self.ensemble_dim] > 1 else "ecdf"
         reduce = [d for d in _reduce_dims(y) if d not in self.keep]
-        crps = crps_for_ensemble(fc, y, self.ensemble_dim, method=method, reduce_dims=reduce)
         name, long_name = ("crps_fair", "fair ensemble CRPS") if self.fair else ("crps", "ensemble CRPS")
         name, long_name = _kept(name, long_name, self.keep)
+        if self.group_size is None:
+            # With one member the fair spread term is 0/0 in scores; both forms reduce to |X - y| there.
+            method = "fair" if self.fair and fc.sizes[self.ensemble_dim] > 1 else "ecdf"
+            crps = crps_for_ensemble(fc, y, self.ensemble_dim, method=method, reduce_dims=reduce)
+        else:
+            spread = xr.apply_ufunc(
+                _cross_group_spread,
+                fc,
+                kwargs={"group_size": self.group_size},
+                input_core_dims=[[self.ensemble_dim]],
+            )
+            crps = (abs(fc - y).mean(self.ensemble_dim, skipna=False) - spread).mean(reduce)
+            long_name += f" (pairs of members from different groups of {self.group_size})"
         return finish({name: named(crps, long_name, truth_units(truth))}, valid)
 
 

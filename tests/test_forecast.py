@@ -104,6 +104,7 @@ def test_inflation_widens_the_members_and_keeps_the_member_contract(model, store
     wide = _forecast(model, store, n_members=8, inflation=2.0, **raw)
     assert sampled.attrs["spread_inflation"] == "1 (as sampled)"
     assert wide.attrs["spread_inflation"].startswith("2 at all scales (")
+    assert wide.attrs["inflation_group_size"] == 8 and "inflation_group_size" not in sampled.attrs
     assert float(wide["precip"].std("member").mean()) > 1.2 * float(sampled["precip"].std("member").mean())
     # Two members are the first two of eight: the rest of their group is drawn, then dropped; the
     # members of a second group leave the first one's as they are.

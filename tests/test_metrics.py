@@ -64,6 +64,49 @@ def test_fair_crps_matches_brute_force() -> None:
     np.testing.assert_allclose(got.values, per_point.mean(axis=(0, 2, 3)), rtol=1e-10)
 
 
+def test_fair_crps_of_member_groups_matches_brute_force() -> None:
+    # 11 members in groups of 4, 4 and 3; one masked point. Only pairs from different groups count.
+    forecast, truth = make_pair(shape=(2, 2, 3, 4), members=11)
+    truth[1, 0, 2, 1] = np.nan
+    x, y = forecast.values, truth.values
+    group = np.arange(11) // 4
+    per_point = np.full(y.shape, np.nan)
+    for idx in np.ndindex(y.shape):
+        if np.isfinite(y[idx]):
+            members = x[(slice(None), *idx)]
+            pairs = [(i, j) for i in range(11) for j in range(11) if group[i] != group[j]]
+            spread = sum(abs(members[i] - members[j]) for i, j in pairs) / (2 * len(pairs))
+            per_point[idx] = np.mean(abs(members - y[idx])) - spread
+    got = metrics.CRPS(group_size=4).compute(forecast, truth)["crps_fair"]
+    np.testing.assert_allclose(got.values, np.nanmean(per_point, axis=(0, 2, 3)), rtol=1e-10)
+    assert "different groups of 4" in got.attrs["long_name"]
+
+
+def test_fair_crps_of_groups_of_one_is_the_fair_crps_and_of_one_group_is_nan() -> None:
+    forecast, truth = make_pair(members=5)
+    plain = metrics.CRPS(fair=True).compute(forecast, truth)["crps_fair"]
+    ones = metrics.CRPS(group_size=1).compute(forecast, truth)["crps_fair"]
+    np.testing.assert_allclose(ones.values, plain.values, rtol=1e-10)
+    assert np.isnan(metrics.CRPS(group_size=5).compute(forecast, truth)["crps_fair"]).all()
+    with pytest.raises(ValueError, match="group_size"):
+        metrics.CRPS(fair=False, group_size=2)
+
+
+def test_fair_crps_of_dependent_groups_is_unbiased_only_with_pairs_across_groups() -> None:
+    # Members of a group share a draw, so they are closer to one another than independent draws; every
+    # member is still N(0, 1.25), whose CRPS against each truth value is known in closed form.
+    rng = np.random.default_rng(3)
+    shape, groups, size = (1, 1, 400, 500), 3, 4
+    shared = np.repeat(rng.normal(size=(groups, *shape)), size, axis=0)
+    forecast = xr.DataArray(shared + 0.5 * rng.normal(size=shared.shape), dims=(MEMBER, *DIMS))
+    truth = xr.DataArray(rng.normal(0.0, 1.3, shape), dims=DIMS)
+    exact = properscoring.crps_gaussian(truth.values, 0.0, np.sqrt(1.25)).mean()
+    grouped = float(metrics.CRPS(group_size=size).compute(forecast, truth)["crps_fair"][0])
+    plain = float(metrics.CRPS(fair=True).compute(forecast, truth)["crps_fair"][0])
+    assert abs(grouped / exact - 1) < 0.01, (grouped, exact)
+    assert plain / exact - 1 > 0.1, (plain, exact)
+
+
 def test_crps_by_init_time_matches_brute_force_and_averages_to_the_score() -> None:
     forecast, truth = make_pair(shape=(3, 2, 4, 5), members=3)
     truth[0, 1, 2, 3] = np.nan  # one masked point: each case averages over its own valid points

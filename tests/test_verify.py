@@ -23,12 +23,16 @@ def store(tmp_path_factory) -> str:
     return str(path)
 
 
-def _forecast_file(tmp_path, store: str, idx: int, leads: int, members: int, shift: float = 0.0) -> str:
-    """A forecast file whose every member equals the observations plus ``shift`` at each valid time."""
+def _forecast_file(
+    tmp_path, store: str, idx: int, leads: int, members: int, shift: float = 0.0, **provenance
+) -> str:
+    """A forecast file whose member ``k`` equals the observations plus ``shift[k]`` (or ``shift``) at each
+    valid time."""
     fields = data.open_fields(store)
     truth = data.denormalize(data.load_frames(fields, slice(idx + 1, idx + 1 + leads)), fields.variables)
-    values = np.repeat(truth[None] + shift, members, axis=0).astype(np.float32)
-    ds = forecast_dataset(fields, values, idx, {"model": "oracle"})
+    shifts = np.broadcast_to(np.asarray(shift, np.float32), (members,))
+    values = (truth[None] + shifts.reshape(-1, *(1,) * truth.ndim)).astype(np.float32)
+    ds = forecast_dataset(fields, values, idx, {"model": "oracle", **provenance})
     return str(io.write_forecast(ds, tmp_path / "forecast.nc"))
 
 
@@ -56,6 +60,20 @@ def test_evaluate_constant_error_has_closed_forms(tmp_path, store):
     for name in ("crps_fair", "crps", "rmse", "mae", "bias"):
         np.testing.assert_allclose(scores[name], c, rtol=1e-5, err_msg=name)
     np.testing.assert_allclose(scores["spread"], 0.0, atol=1e-6)
+
+
+def test_evaluate_scores_inflated_members_by_pairs_across_groups(tmp_path, store):
+    # Groups of 2, members off by +c, +c, -c, -c. Across groups every pair differs by 2c: spread term c,
+    # fair CRPS c - c = 0; over all 12 ordered pairs (8 of them across groups) it is 16c / 24, CRPS c / 3.
+    c = 0.5
+    path = _forecast_file(
+        tmp_path, store, idx=8, leads=2, members=4, shift=[c, c, -c, -c], inflation_group_size=2
+    )
+    np.testing.assert_allclose(verify.evaluate(path, store)["crps_fair"], 0.0, atol=1e-5)
+    path = _forecast_file(
+        tmp_path, store, idx=8, leads=2, members=4, shift=[c, c, -c, -c], inflation_group_size=4
+    )
+    np.testing.assert_allclose(verify.evaluate(path, store)["crps_fair"], c / 3, rtol=1e-5)
 
 
 def test_evaluate_names_missing_truth_frames(tmp_path, store):
@@ -186,3 +204,22 @@ def test_skill_with_a_tiny_checkpoint(tmp_path, store):
     # The spacing left open is the checkpoint's default; the report says what the model used.
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["options"]["samplers"] == "tiny: dpmpp2m, 2 steps, time spacing"
+    # Inflated members of one group depend on one another: with two groups the fair CRPS takes only
+    # pairs from different groups; with one it takes all pairs and the report says it is optimistic.
+    for members, how in ((9, "different groups of 8"), (4, "optimistic")):
+        verify.skill(
+            store,
+            [str(ckpt)],
+            [],
+            inits=2,
+            members=members,
+            lead_times=2,
+            sampling_steps=2,
+            inflation=2.0,
+            report_dir=tmp_path / f"inflated{members}",
+        )
+        summary = json.loads((tmp_path / f"inflated{members}" / "summary.json").read_text())
+        assert summary["options"]["fair_crps"].startswith("tiny: ") and how in summary["options"]["fair_crps"]
+        scores = xr.open_dataset(tmp_path / f"inflated{members}" / "scores.nc")
+        assert ("different groups" in scores["crps_fair"].attrs["long_name"]) == (members == 9)
+        assert np.isfinite(scores["crps_fair"]).all()
