@@ -23,7 +23,8 @@ Inflated members of one group are not independent draws: moved away from their o
 from one another more than independent draws from the same distribution would, so the fair CRPS of
 them, which assumes independence, is optimistic (by 2.5 to 3 % on the radar model's held-out event);
 members of different groups are independent, and a fair CRPS whose spread term takes only their pairs
-is not (docs/skill.md, Independent members).
+is not (``metrics.CRPS(group_size=GROUP_SIZE)``, which ``skill`` and ``evaluate`` use for inflated
+ensembles of more than one group; docs/skill.md, Independent members).
 
 Pure numpy and scipy; nothing here knows about models or diffusion.
 """
