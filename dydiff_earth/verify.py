@@ -26,7 +26,6 @@ from dydiff_earth.config import ForecastConfig
 from dydiff_earth.data import Fields, VariableSpec, open_fields, window_starts
 from dydiff_earth.errors import InputError
 from dydiff_earth.forecast import Forecaster
-from dydiff_earth.inflation import GROUP_SIZE
 from dydiff_earth.metrics import combine_systems, score_all
 
 #: The reference system of every skill comparison (CRPS skill score = 1 - CRPS / CRPS of persistence).
@@ -161,9 +160,7 @@ def evaluate(
     truth = xr.Dataset({n: truth_like(fields, ds[n]) for n in names})
     forecast = forecast.assign_coords({d: truth[d] for d in truth.dims if d in truth.indexes})
     pools = fitting(DEFAULT_POOLS, fields.shape)
-    group = ds.attrs.get("inflation_group_size")
-    group_size = int(group) if group is not None and ds.sizes[schema.MEMBER] > int(group) else None
-    scores = score_all(forecast, truth, thresholds=tuple(thresholds), pools=pools, group_size=group_size)
+    scores = score_all(forecast, truth, thresholds=tuple(thresholds), pools=pools, group_size=_group_size(ds))
     system = _system_name(ds, path)
     scores.attrs.update(
         system=system,
@@ -622,7 +619,6 @@ def skill(
         "inflation": inflation,
         "inflation_scale": inflation_scale,
         "samplers": samplers,
-        "fair_crps": _fair_crps_note(systems, members),
         "thresholds": [float(t) for t in thresholds],
         "pools": list(pools),
         "fss_windows": list(windows),
@@ -645,7 +641,7 @@ def skill(
     common = truth.copy()
     for forecast in stacks.values():
         common = xr.Dataset({n: common[n].where(forecast[n].notnull().all(schema.MEMBER)) for n in common})
-    groups = {s.name: _dependent_groups(s, members) for s in systems}
+    options["fair_crps"] = _fair_crps_note(examples)
     results = {
         name: score_all(
             xr.Dataset(forecast),
@@ -653,7 +649,7 @@ def skill(
             thresholds=tuple(thresholds),
             pools=pools,
             fss_windows=windows,
-            group_size=groups[name],
+            group_size=_group_size(examples[name]),
         )
         for name, forecast in stacks.items()
     }
@@ -676,31 +672,31 @@ def skill(
     return SkillResult(Path(report_dir), report, init_times, seconds, summary, scores, failed)
 
 
-def _inflated(system: _System) -> bool:
-    config = getattr(system.forecaster, "config", None)
-    return config is not None and config.inflation != 1
+def _group_size(forecast: xr.Dataset) -> int | None:
+    """The group size the fair CRPS must score pairs across (``metrics.CRPS``): the forecast's
+    ``inflation_group_size`` (members inflated together depend on one another, :mod:`inflation`) when it
+    holds more than one group; None for independent members, or a single group, which has no pair of
+    independent members (the fair CRPS of all pairs is then reported, and said to be optimistic)."""
+    group = forecast.attrs.get("inflation_group_size")
+    return int(group) if group is not None and forecast.sizes[schema.MEMBER] > int(group) else None
 
 
-def _dependent_groups(system: _System, members: int) -> int | None:
-    """The group size the fair CRPS must score pairs across (``metrics.CRPS``), None for independent
-    members: an inflated system's members of one group depend on one another (:mod:`inflation`); with a
-    single group there is no pair of independent members, and the fair CRPS of all pairs is reported."""
-    return GROUP_SIZE if _inflated(system) and members > GROUP_SIZE else None
-
-
-def _fair_crps_note(systems: Sequence[_System], members: int) -> str:
+def _fair_crps_note(forecasts: Mapping[str, xr.Dataset]) -> str:
     """How each inflated system's fair CRPS was computed, for the report ("" when none is inflated)."""
-    inflated = [s.name for s in systems if _inflated(s)]
-    if not inflated:
-        return ""
-    if members > GROUP_SIZE:
-        how = f"pairs of members from different groups of {GROUP_SIZE} only (independent members)"
-    else:
-        how = (
-            f"all pairs of members, all of one group of {GROUP_SIZE} inflated together and so dependent: "
-            f"optimistic; --members {2 * GROUP_SIZE} or more scores pairs of independent members"
-        )
-    return f"{', '.join(inflated)}: {how}"
+    notes = []
+    for name, ds in forecasts.items():
+        group = ds.attrs.get("inflation_group_size")
+        if group is None:
+            continue
+        if _group_size(ds):
+            how = f"pairs of members from different groups of {group} only (independent members)"
+        else:
+            how = (
+                f"all pairs of members, all of one group of {group} inflated together and so dependent: "
+                f"optimistic; --members {2 * int(group)} or more scores pairs of independent members"
+            )
+        notes.append(f"{name}: {how}")
+    return "; ".join(notes)
 
 
 def _forecast_all(
