@@ -31,9 +31,14 @@ console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _say(text: str) -> None:
+    """One line to the user as it is: paths and names are not rich markup, and long lines are not cut."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 def _warning_line(message: Warning | str, *_: Any, **__: Any) -> None:
     """A warning reaches the user as one line, like an error, not as Python's file-and-line report."""
-    console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
+    _say(f"warning: {message}")
 
 
 def user_errors(func: F) -> F:
@@ -202,14 +207,11 @@ def prepare(
             time=time,
         )
         for path, reason in result.skipped:
-            console.print(f"warning: skipped {path}: {reason}", markup=False, highlight=False, soft_wrap=True)
+            _say(f"warning: skipped {path}: {reason}")
         newest = "none" if result.newest is None else result.newest.isoformat()
-        console.print(
+        _say(
             f"added {result.added} frame(s) of {result.format} to {output}: "
-            f"{result.total} in all, newest {newest}",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
+            f"{result.total} in all, newest {newest}"
         )
         return
     if radar_format or time_pattern or zr or min_rate is not None:
@@ -501,7 +503,7 @@ def run(
 
     job, _ = jobs.load_job(job_file)
     result = jobs.run_job(job, now=now, backfill=backfill, workers=workers, scheduler=scheduler)
-    console.print(result.message, markup=False, highlight=False, soft_wrap=True)
+    _say(result.message)
     raise typer.Exit(result.code)
 
 
@@ -516,11 +518,7 @@ def feed(
     from dydiff_earth import jobs
 
     state = jobs.append_frames(source, output, frames)
-    console.print(
-        f"appended {state.added} frame(s) to {output}: {state.total} in all, newest {state.newest}",
-        markup=False,
-        soft_wrap=True,
-    )
+    _say(f"appended {state.added} frame(s) to {output}: {state.total} in all, newest {state.newest}")
 
 
 @app.command()
@@ -544,6 +542,8 @@ def evaluate(
     )
     crps = [str(n) for n in scores.data_vars if str(n).endswith("crps_fair")]
     summary = ", ".join(f"{n} {float(scores[n].mean()):.4g} {scores[n].attrs.get('units', '')}" for n in crps)
+    if "fair_crps" in scores.attrs:
+        _say(f"fair CRPS of {scores.attrs['fair_crps']}")
     console.print(
         f"wrote {output}: mean {summary} over {scores.sizes['lead_time']} lead times"
         + (f"; report in {report}" if report else "")
@@ -639,12 +639,9 @@ def skill(
             scheduler=scheduler,
         )
     for failure in result.failed:
-        console.print(
+        _say(
             f"warning: init {failure.init_time} failed ({failure.system}), left out of the scores: "
-            f"{failure.error}",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
+            f"{failure.error}"
         )
     rows = result.summary["systems"].items()
     # One number per system and variable ("crps_fair", or "<var>_crps_fair" for several variables).
@@ -655,12 +652,7 @@ def skill(
         if key.endswith("crps_fair") and value is not None
     )
     if result.summary["options"]["fair_crps"]:
-        console.print(
-            f"fair CRPS of {result.summary['options']['fair_crps']}",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
+        _say(f"fair CRPS of {result.summary['options']['fair_crps']}")
     console.print(
         f"wrote {result.report}: {len(result.init_times)} init times, fair CRPS {crps} "
         f"in {sum(result.seconds.values()):.0f} s",

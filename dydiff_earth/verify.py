@@ -171,6 +171,9 @@ def evaluate(
         package_version=__version__,
         created=_now(),
     )
+    note = _fair_crps_note({system: ds})
+    if note:
+        scores.attrs["fair_crps"] = note
     if output is not None:
         write_scores(scores, output)
     if report_dir is not None:

@@ -60,6 +60,7 @@ def test_evaluate_constant_error_has_closed_forms(tmp_path, store):
     for name in ("crps_fair", "crps", "rmse", "mae", "bias"):
         np.testing.assert_allclose(scores[name], c, rtol=1e-5, err_msg=name)
     np.testing.assert_allclose(scores["spread"], 0.0, atol=1e-6)
+    assert "fair_crps" not in scores.attrs  # independent members: nothing to say
 
 
 def test_evaluate_scores_inflated_members_by_pairs_across_groups(tmp_path, store):
@@ -69,11 +70,15 @@ def test_evaluate_scores_inflated_members_by_pairs_across_groups(tmp_path, store
     path = _forecast_file(
         tmp_path, store, idx=8, leads=2, members=4, shift=[c, c, -c, -c], inflation_group_size=2
     )
-    np.testing.assert_allclose(verify.evaluate(path, store)["crps_fair"], 0.0, atol=1e-5)
+    scores = verify.evaluate(path, store)
+    np.testing.assert_allclose(scores["crps_fair"], 0.0, atol=1e-5)
+    assert "pairs of members from different groups of 2 only" in scores.attrs["fair_crps"]
     path = _forecast_file(
         tmp_path, store, idx=8, leads=2, members=4, shift=[c, c, -c, -c], inflation_group_size=4
     )
-    np.testing.assert_allclose(verify.evaluate(path, store)["crps_fair"], c / 3, rtol=1e-5)
+    scores = verify.evaluate(path, store)
+    np.testing.assert_allclose(scores["crps_fair"], c / 3, rtol=1e-5)
+    assert "optimistic; --members 8 or more" in scores.attrs["fair_crps"]
 
 
 def test_evaluate_names_missing_truth_frames(tmp_path, store):
