@@ -80,7 +80,7 @@ Scheduler = Annotated[
 
 
 #: Training options that ``train`` and ``study`` share.
-Preset = Annotated[str, typer.Option(help="model: tiny, radar, radar-fast, small or paper")]
+Preset = Annotated[str, typer.Option(help="model: tiny, radar, radar-fast, radar-deep, small or paper")]
 Context = Annotated[int, typer.Option(help="context frames P")]
 Horizon = Annotated[int, typer.Option(help="target frames L")]
 Patch = Annotated[int, typer.Option(help="square crop size in grid points")]
@@ -274,7 +274,8 @@ def train(
         str | None,
         typer.Option(
             help="fine-tune: start from this checkpoint (path or shipped model, e.g. radar-4km-v1) "
-            "and its normalisation; give its --preset, --context, --horizon and --frame"
+            "and its normalisation; give its --preset, --context, --horizon and --frame, or a preset "
+            "with more blocks per level (radar-deep for radar): the checkpoint is grown, its forecast kept"
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,

@@ -188,6 +188,11 @@ PRESETS: dict[str, ModelConfig] = {
     # network call on a whole radar domain, but at equal training far less skilful (``docs/benchmarks.md``,
     # ``docs/skill.md``, Training on a GPU).
     "radar-fast": dataclasses.replace(_RADAR, channels=(16, 32, 48, 64)),
+    # ``radar`` with two residual stages per level: 4.4 M parameters, about 1.4 x its CPU time per training
+    # sample at patch 64 (``docs/benchmarks.md``); ``train --init-from`` grows a ``radar`` checkpoint into it
+    # (``model.deepen``). Grown from radar-4km-v1 and fine-tuned on the CPU it scored no better
+    # (``docs/skill.md``, Today's numbers).
+    "radar-deep": dataclasses.replace(_RADAR, blocks_per_level=2),
     "small": ModelConfig(channels=(32, 64, 128), blocks_per_level=1, temporal_attention_levels=(1, 2)),
     "paper": ModelConfig(
         channels=(64, 128, 256, 256),
@@ -201,7 +206,7 @@ PRESETS: dict[str, ModelConfig] = {
 
 
 def preset(name: str) -> ModelConfig:
-    """The named model preset (``tiny``, ``radar``, ``radar-fast``, ``small``, ``paper``)."""
+    """The named model preset (``tiny``, ``radar``, ``radar-fast``, ``radar-deep``, ``small``, ``paper``)."""
     try:
         return PRESETS[name]
     except KeyError:

@@ -13,6 +13,7 @@ Shapes: windows are ``(B, S, C, H, W)``; inside the network frames are folded in
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import TypeVar
 
@@ -367,6 +368,48 @@ class ConditionedDenoiser(nn.Module):
         return self.net(torch.cat(inputs, dim=2), t)
 
 
+def deepen(net: VideoUNet, blocks_per_level: int) -> VideoUNet:
+    """The same function as ``net``, computed by a UNet with more residual stages per level.
+
+    Growing a trained network (Net2Net's deeper operator, Chen et al. 2016) lets a fine-tune spend new
+    capacity without relearning the old. On the way down every level gets its new stages after its own;
+    their skips equal the output of the level's last old stage, the skip its first up stage took. On the way
+    up the new stages follow the level's first stage, and each one's skip projection passes the hidden
+    channels through and drops the skip. Every new branch ends in a zero-initialised layer (residual
+    blocks, temporal convolutions, attention), so each new stage starts as the identity and learns from
+    there.
+    """
+    cfg, old_blocks = net.cfg, net.cfg.blocks_per_level
+    if blocks_per_level < old_blocks:
+        raise InputError(f"cannot deepen {old_blocks} residual blocks per level to {blocks_per_level}")
+    grown = VideoUNet(
+        dataclasses.replace(cfg, blocks_per_level=blocks_per_level), net.in_channels, net.out_channels
+    )
+    extra, levels = blocks_per_level - old_blocks, len(cfg.channels)
+    for name in ("time_embed", "input_conv", "middle", "output"):
+        getattr(grown, name).load_state_dict(getattr(net, name).state_dict())
+    old = new = 0
+    for level in range(levels):  # down: the level's stages, then its downsampling
+        kept = old_blocks + (level < levels - 1)
+        for i in range(kept):
+            grown.down[new + i + (i >= old_blocks) * extra].load_state_dict(net.down[old + i].state_dict())
+        old, new = old + kept, new + kept + extra
+    for level in range(levels):  # up: the level's first stage, the new ones, the other old ones
+        old, new = level * (old_blocks + 1), level * (blocks_per_level + 1)
+        for i in range(old_blocks + 1):
+            grown.up[new + i + (i > 0) * extra].load_state_dict(net.up[old + i].state_dict())
+        for i in range(1, extra + 1):
+            stage = grown.up[new + i]
+            assert isinstance(stage, Stage) and isinstance(stage[0], ResBlock)
+            skip = stage[0].skip
+            assert isinstance(skip, nn.Conv2d) and skip.bias is not None
+            with torch.no_grad():
+                skip.weight.zero_()
+                skip.bias.zero_()
+                skip.weight[:, : skip.out_channels, 0, 0] = torch.eye(skip.out_channels)
+    return grown
+
+
 def channels_last(module: nn.Module) -> nn.Module:
     """Store the weights of every 2-D convolution in ``module`` channels-last (the temporal Conv3d
     weights keep their layout); the numbers stay those of the network, up to rounding."""
@@ -376,4 +419,4 @@ def channels_last(module: nn.Module) -> nn.Module:
     return module
 
 
-__all__ = ["ConditionedDenoiser", "VideoUNet", "channels_last", "sinusoidal_embedding"]
+__all__ = ["ConditionedDenoiser", "VideoUNet", "channels_last", "deepen", "sinusoidal_embedding"]

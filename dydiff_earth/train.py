@@ -21,7 +21,7 @@ from dydiff_earth.data import Fields, window_starts
 from dydiff_earth.diffusion import Schedule, diffusion_loss, make_schedule
 from dydiff_earth.errors import InputError
 from dydiff_earth.forecast import LoadedModel, load_model
-from dydiff_earth.model import ConditionedDenoiser
+from dydiff_earth.model import ConditionedDenoiser, deepen
 from dydiff_earth.patches import (
     DepartureWindowStream,
     IndexedStream,
@@ -303,7 +303,10 @@ def _check_base(
 ) -> None:
     """Refuse, in one line, to fine-tune a checkpoint whose network or data this run does not match."""
     ours = json.loads(json.dumps(dataclasses.asdict(model_cfg)))  # tuples as the checkpoint's JSON lists
-    pairs = {f"network {k} (--preset)": (v, ours.get(k)) for k, v in base.meta["model"].items()}
+    theirs = dict(base.meta["model"])
+    if theirs.get("blocks_per_level", 1) < model_cfg.blocks_per_level:
+        theirs["blocks_per_level"] = model_cfg.blocks_per_level  # a deeper network grows from it (deepen)
+    pairs = {f"network {k} (--preset)": (v, ours.get(k)) for k, v in theirs.items()}
     pairs.update(
         {
             "context": (base.context, cfg.context),
@@ -449,7 +452,10 @@ def fit(
     )
     if base is not None:
         _check_base(base, model_cfg, cfg, frame, names, stores[0])
-        denoiser.load_state_dict(base.denoiser.state_dict())
+        start = base.denoiser
+        if start.net.cfg.blocks_per_level < model_cfg.blocks_per_level:
+            start.net = deepen(start.net, model_cfg.blocks_per_level)
+        denoiser.load_state_dict(start.state_dict())
     denoiser = denoiser.to(dev)
     ema = _EMA(denoiser, cfg.ema_decay)
     opt = torch.optim.AdamW(denoiser.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

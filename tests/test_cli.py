@@ -187,7 +187,7 @@ def test_resume_without_checkpoint(inputs: dict[str, Path]) -> None:
 
 def test_unknown_preset(inputs: dict[str, Path]) -> None:
     args = ["train", "--data", inputs["store"], "--preset", "huge", "-o", "m.safetensors"]
-    assert_user_error(args, "'huge'", "tiny, radar, radar-fast, small, paper")
+    assert_user_error(args, "'huge'", "tiny, radar, radar-fast, radar-deep, small, paper")
 
 
 def test_synth_unknown_kind() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import pytest
@@ -11,7 +12,7 @@ from torch import Tensor, nn
 from dydiff_earth.config import DiffusionConfig, preset
 from dydiff_earth.diffusion import diffusion_loss, make_schedule
 from dydiff_earth.errors import InputError
-from dydiff_earth.model import ConditionedDenoiser, VideoUNet, channels_last
+from dydiff_earth.model import ConditionedDenoiser, VideoUNet, channels_last, deepen
 
 
 def count(module: nn.Module) -> int:
@@ -169,7 +170,7 @@ def test_tiny_model_overfits_one_window(gamma_ratio: float) -> None:
     assert 0.5 < start < 2 and losses[-1] < start / 10, (start, losses)
 
 
-@pytest.mark.parametrize("name", ["radar", "radar-fast"])
+@pytest.mark.parametrize("name", ["radar", "radar-fast", "radar-deep"])
 def test_space_to_depth_stem_and_condition_channels(name: str) -> None:
     torch.manual_seed(0)
     cfg = preset(name)
@@ -200,3 +201,23 @@ def test_channels_last_weights_change_only_the_rounding() -> None:
     conv = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("blocks", [1, 2, 3])
+def test_a_deepened_network_computes_the_same_function(blocks: int) -> None:
+    """Net2Net-style growth: every new stage starts as the identity, every old weight is kept."""
+    torch.manual_seed(0)
+    small = dataclasses.replace(
+        preset("radar"), channels=(8, 16, 24), temporal_attention_levels=(1, 2), heads=2, groups=4
+    )
+    net = VideoUNet(small, in_channels=3, out_channels=1)
+    randomise_zero_layers(net)
+    grown = deepen(net, small.blocks_per_level + blocks)
+    assert grown.cfg.blocks_per_level == 1 + blocks and count(grown) > count(net)
+    x, t = window(2, 5, 3, 32, 32), torch.tensor([3, 700])
+    with torch.no_grad():
+        torch.testing.assert_close(grown(x, t), net(x, t), rtol=1e-5, atol=1e-5)
+    # and the new stages learn: each is a real block, not a frozen pass-through
+    assert any(p.requires_grad and not p.any() for p in grown.parameters())
+    with pytest.raises(InputError, match="cannot deepen 2 residual blocks per level to 1"):
+        deepen(grown if blocks == 1 else deepen(net, 2), 1)

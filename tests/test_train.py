@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import pickle
@@ -214,6 +215,26 @@ def test_fine_tuning_starts_from_the_checkpoint(fields, tmp_path: Path) -> None:
         fit(fields, preset("tiny"), DiffusionConfig(), moved, tmp_path / "m.safetensors").checkpoint
     )
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_fine_tuning_a_deeper_network_starts_from_the_checkpoint_s_forecast(fields, tmp_path: Path) -> None:
+    """A preset with more residual blocks per level grows the checkpoint (``model.deepen``): at a learning
+    rate of 0 the deeper network computes what the checkpoint did; a shallower one is refused."""
+    from dydiff_earth.forecast import load_model
+
+    base = fit(fields, preset("tiny"), DiffusionConfig(), CFG, tmp_path / "base.safetensors").checkpoint
+    deeper = dataclasses.replace(preset("tiny"), blocks_per_level=2)
+    still = TrainConfig(**{**CFG.__dict__, "steps": 1, "lr": 0.0, "init_from": str(base)})
+    grown = fit(fields, deeper, DiffusionConfig(), still, tmp_path / "grown.safetensors").checkpoint
+    a, b = load_model(base).denoiser, load_model(grown).denoiser
+    assert (a.net.cfg.blocks_per_level, b.net.cfg.blocks_per_level) == (1, 2)
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 4, 1, 16, 16, generator=g), torch.tensor([5, 900])
+    with torch.no_grad():
+        torch.testing.assert_close(b(x, t, x[:, :2], None, x[:, 0]), a(x, t, x[:, :2], None, x[:, 0]))
+    shallower = TrainConfig(**{**still.__dict__, "init_from": str(grown)})
+    with pytest.raises(InputError, match=r"network blocks_per_level \(--preset\) is 2, this run's 1"):
+        fit(fields, preset("tiny"), DiffusionConfig(), shallower, tmp_path / "x.safetensors")
 
 
 def test_fine_tuning_another_network_is_refused(fields, tmp_path: Path) -> None:
