@@ -452,10 +452,10 @@ def fit(
     )
     if base is not None:
         _check_base(base, model_cfg, cfg, frame, names, stores[0])
-        start = base.denoiser
-        if start.net.cfg.blocks_per_level < model_cfg.blocks_per_level:
-            start.net = deepen(start.net, model_cfg.blocks_per_level)
-        denoiser.load_state_dict(start.state_dict())
+        net = base.denoiser.net
+        if net.cfg.blocks_per_level < model_cfg.blocks_per_level:
+            net = deepen(net, model_cfg.blocks_per_level)
+        denoiser.net.load_state_dict(net.state_dict())  # the network holds all of a denoiser's weights
     denoiser = denoiser.to(dev)
     ema = _EMA(denoiser, cfg.ema_decay)
     opt = torch.optim.AdamW(denoiser.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

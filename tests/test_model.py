@@ -217,7 +217,9 @@ def test_a_deepened_network_computes_the_same_function(blocks: int) -> None:
     x, t = window(2, 5, 3, 32, 32), torch.tensor([3, 700])
     with torch.no_grad():
         torch.testing.assert_close(grown(x, t), net(x, t), rtol=1e-5, atol=1e-5)
-    # and the new stages learn: each is a real block, not a frozen pass-through
-    assert any(p.requires_grad and not p.any() for p in grown.parameters())
-    with pytest.raises(InputError, match="cannot deepen 2 residual blocks per level to 1"):
-        deepen(grown if blocks == 1 else deepen(net, 2), 1)
+    # The new stages learn: the zero output layer of a new up stage gets a gradient at once.
+    grown(x, t).square().mean().backward()
+    new_out = grown.up[1][0].out_layers[-1].weight
+    assert not new_out.any() and new_out.grad is not None and new_out.grad.abs().sum() > 0
+    with pytest.raises(InputError, match=f"cannot deepen {1 + blocks} residual blocks per level to 1"):
+        deepen(grown, 1)
