@@ -257,6 +257,9 @@ def train(
     gamma_ratio: Annotated[float, typer.Option(help="DyDiff gamma ratio r; 0 is plain diffusion")] = 0.5,
     loss: Annotated[str, typer.Option(help="unmixed (default) or mixed (the reference's)")] = "unmixed",
     target_weight: Annotated[float, typer.Option(help="loss weight of target vs context frames")] = 1.0,
+    lead_weight_power: Annotated[
+        float, typer.Option(help="target k steps ahead weighs k**P in the loss (0: every lead alike)")
+    ] = 0.0,
     ema: Annotated[float, typer.Option(help="EMA decay of weights (0 disables)")] = 0.999,
     rain_weighted: Annotated[bool, typer.Option(help="favour crops with precipitation")] = False,
     time: Annotated[str | None, typer.Option(help="training time range START:END")] = None,
@@ -290,7 +293,12 @@ def train(
         raise InputError(f"--gamma-ratio must lie in [0, 1], got {gamma_ratio}")
     config.check_choice(lr_schedule, config.LR_SCHEDULES, "--lr-schedule")
     model_cfg = config.preset(preset)
-    diff_cfg = config.DiffusionConfig(gamma_ratio=gamma_ratio, loss=loss, target_weight=target_weight)  # type: ignore[arg-type]
+    diff_cfg = config.DiffusionConfig(
+        gamma_ratio=gamma_ratio,
+        loss=loss,  # type: ignore[arg-type]
+        target_weight=target_weight,
+        lead_weight_power=lead_weight_power,
+    )
     cfg = config.TrainConfig(
         context=context,
         horizon=horizon,

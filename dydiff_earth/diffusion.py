@@ -161,21 +161,25 @@ def q_sample(schedule: Schedule, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
     return temporal_mix(u, theta_bar_at(schedule, t))
 
 
-def frame_weights(frames: int, context: int, target_weight: float) -> Tensor:
-    """``(S,)`` float64 loss weights: ``1`` on context frames, ``target_weight`` on targets, mean ``1``."""
+def frame_weights(frames: int, context: int, target_weight: float, lead_power: float = 0.0) -> Tensor:
+    """``(S,)`` float64 loss weights, mean ``1``: ``1`` on context frames, ``target_weight * k**lead_power``
+    on the target ``k`` steps after the last context frame."""
     if target_weight < 0 or (target_weight == 0 and context == 0):
         raise InputError(f"target_weight must be positive, not {target_weight}")
+    if lead_power < 0:
+        raise InputError(f"lead_weight_power must be 0 or more, not {lead_power}")
     w = torch.ones(frames, dtype=torch.float64)
-    w[context:] = target_weight
+    w[context:] = target_weight * torch.arange(1, frames - context + 1, dtype=torch.float64) ** lead_power
     return w / w.mean()
 
 
-def _weighted_mean(err: Tensor, context: int, target_weight: float, valid: Tensor | None) -> Tensor:
+def _weighted_mean(err: Tensor, context: int, cfg: DiffusionConfig, valid: Tensor | None) -> Tensor:
     """Mean of ``err`` ``(B, S, C, H, W)`` over frames weighted by ``frame_weights`` and valid pixels."""
-    if target_weight == 1.0 and valid is None:
+    if cfg.target_weight == 1.0 and cfg.lead_weight_power == 0.0 and valid is None:
         # The unweighted path is a plain mean so that r = 0 reproduces the DDPM loss bit for bit.
         return err.mean()
-    w = _coef(frame_weights(err.shape[1], context, target_weight), err[0]).reshape(1, -1, 1, 1, 1)
+    weights = frame_weights(err.shape[1], context, cfg.target_weight, cfg.lead_weight_power)
+    w = _coef(weights, err[0]).reshape(1, -1, 1, 1, 1)
     mask = torch.ones_like(err[:, :, :1]) if valid is None else valid.to(err.dtype)
     weight = (w * mask).expand_as(err)
     # A batch without a single valid pixel gives 0, not NaN, so that it cannot poison the optimiser.
@@ -211,7 +215,8 @@ def diffusion_loss(
         ``(B, P, C, H, W)`` clean context given to ``denoise``, normally ``x0[:, :P]``.
     schedule : Schedule
     cfg : DiffusionConfig
-        ``loss`` and ``target_weight`` are read here; the schedule comes from ``schedule``.
+        ``loss``, ``target_weight`` and ``lead_weight_power`` are read here; the schedule comes from
+        ``schedule``.
     generator : torch.Generator, optional
         Source of ``t`` and ``eps``.
     valid : Tensor, optional
@@ -241,7 +246,7 @@ def diffusion_loss(
         err = (pred - temporal_mix(eps, theta)) ** 2
     else:
         raise InputError(f"loss must be 'unmixed' or 'mixed', not {cfg.loss!r}")
-    return _weighted_mean(err, context.shape[1], cfg.target_weight, valid)
+    return _weighted_mean(err, context.shape[1], cfg, valid)
 
 
 __all__ = [

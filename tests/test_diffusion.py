@@ -145,9 +145,9 @@ def test_loss_at_gamma_zero_is_the_ddpm_loss_bit_for_bit(loss: str) -> None:
     assert torch.equal(got, expected)
 
 
-@pytest.mark.parametrize("loss", ["unmixed", "mixed"])
-def test_weighted_masked_loss_matches_brute_force(loss: str) -> None:
-    cfg = DiffusionConfig(gamma_ratio=0.5, loss=loss, target_weight=3.0)  # type: ignore[arg-type]
+@pytest.mark.parametrize(("loss", "lead_power"), [("unmixed", 0.0), ("mixed", 0.0), ("unmixed", 1.5)])
+def test_weighted_masked_loss_matches_brute_force(loss: str, lead_power: float) -> None:
+    cfg = DiffusionConfig(gamma_ratio=0.5, loss=loss, target_weight=3.0, lead_weight_power=lead_power)  # type: ignore[arg-type]
     schedule = make_schedule(cfg)
     b, s, p = 4, 5, 2
     x0 = torch.randn(b, s, 2, 4, 4, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
@@ -171,7 +171,8 @@ def test_weighted_masked_loss_matches_brute_force(loss: str) -> None:
         err = (apply_matrix(torch.linalg.inv(m), pred) - eps) ** 2
     else:
         err = (pred - apply_matrix(m, eps)) ** 2
-    w = torch.tensor([1.0, 1.0, 3.0, 3.0, 3.0], dtype=torch.float64)[None, :, None, None, None] * valid
+    leads = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64) ** lead_power
+    w = torch.cat([torch.ones(p, dtype=torch.float64), 3.0 * leads])[None, :, None, None, None] * valid
     expected = (w * err).sum() / (w.sum() * 2)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=0)
 
@@ -194,6 +195,11 @@ def test_frame_weights_and_empty_mask() -> None:
     w = frame_weights(6, 4, 2.0)
     torch.testing.assert_close(w.mean(), torch.tensor(1.0, dtype=torch.float64))
     assert w[4] == 2 * w[0]
+    ramp = frame_weights(7, 4, 1.0, lead_power=1.0)  # leads 1, 2, 3 weigh 1, 2, 3 as much as a context frame
+    torch.testing.assert_close(ramp / ramp[0], torch.tensor([1.0, 1, 1, 1, 1, 2, 3], dtype=torch.float64))
+    torch.testing.assert_close(frame_weights(6, 4, 2.0, lead_power=0.0), w)
+    with pytest.raises(InputError, match="lead_weight_power"):
+        frame_weights(6, 4, 1.0, lead_power=-1.0)
     cfg = DiffusionConfig(gamma_ratio=0.5)
     x0 = torch.randn(2, 3, 1, 4, 4)
     loss = diffusion_loss(
