@@ -291,6 +291,8 @@ def train(
         raise InputError(f"--loss must be unmixed or mixed, got {loss!r}")
     if not 0.0 <= gamma_ratio <= 1.0:
         raise InputError(f"--gamma-ratio must lie in [0, 1], got {gamma_ratio}")
+    if lead_weight_power < 0:
+        raise InputError(f"--lead-weight-power must be 0 or more, got {lead_weight_power}")
     config.check_choice(lr_schedule, config.LR_SCHEDULES, "--lr-schedule")
     model_cfg = config.preset(preset)
     diff_cfg = config.DiffusionConfig(

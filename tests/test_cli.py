@@ -185,6 +185,11 @@ def test_resume_without_checkpoint(inputs: dict[str, Path]) -> None:
     assert_user_error(args, "--resume", "m.safetensors")
 
 
+def test_negative_lead_weight_power(inputs: dict[str, Path]) -> None:
+    args = ["train", "--data", inputs["store"], "--lead-weight-power", "-1", "-o", "m.safetensors"]
+    assert_user_error(args, "--lead-weight-power", "-1.0")
+
+
 def test_unknown_preset(inputs: dict[str, Path]) -> None:
     args = ["train", "--data", inputs["store"], "--preset", "huge", "-o", "m.safetensors"]
     assert_user_error(args, "'huge'", "tiny, radar, radar-fast, radar-deep, small, paper")
