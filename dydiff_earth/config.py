@@ -44,8 +44,8 @@ class DiffusionConfig:
     #: weight of target frames relative to context frames in the loss
     target_weight: float = 1.0
     #: target frame k (k = 1 the first lead) weighs ``target_weight * k ** lead_weight_power``; 0 weighs
-    #: every lead alike, 1 roughly as an error in the variable's own units would in the motion frame,
-    #: whose departures are scaled per lead and grow about as sqrt(k)
+    #: every lead alike. In the motion frame each lead's departure is scaled to unit spread, and the spread
+    #: grows about as sqrt(k), so 1 weighs the leads about as an error in the transformed variable would
     lead_weight_power: float = 0.0
 
 

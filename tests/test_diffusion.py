@@ -177,6 +177,28 @@ def test_weighted_masked_loss_matches_brute_force(loss: str, lead_power: float) 
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=0)
 
 
+def test_lead_weights_apply_without_a_mask() -> None:
+    """The plain-mean shortcut for an unmasked batch is taken only when every frame weighs the same."""
+    x0 = torch.randn(3, 5, 1, 4, 4, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+
+    def loss(power: float, valid: torch.Tensor | None) -> torch.Tensor:
+        cfg = DiffusionConfig(gamma_ratio=0.5, lead_weight_power=power)
+        generator = torch.Generator().manual_seed(11)
+        return diffusion_loss(
+            toy_denoiser,
+            x0,
+            context=x0[:, :2],
+            schedule=make_schedule(cfg),
+            cfg=cfg,
+            generator=generator,
+            valid=valid,
+        )
+
+    everywhere = torch.ones(3, 5, 1, 4, 4, dtype=torch.float64)
+    torch.testing.assert_close(loss(1.0, None), loss(1.0, everywhere), rtol=1e-12, atol=0)
+    assert not torch.isclose(loss(1.0, None), loss(0.0, None))
+
+
 def test_q_sample_is_mixed_ddpm_state() -> None:
     schedule = make_schedule(DiffusionConfig(gamma_ratio=0.5))
     g = torch.Generator().manual_seed(9)
