@@ -262,6 +262,13 @@ def train(
     ] = 0.0,
     ema: Annotated[float, typer.Option(help="EMA decay of weights (0 disables)")] = 0.999,
     rain_weighted: Annotated[bool, typer.Option(help="favour crops with precipitation")] = False,
+    rain_scale: Annotated[
+        float | None,
+        typer.Option(
+            help="learn precipitation as log1p(rate / R), R in its units: default 1; 0.1 parts dry from "
+            "light rain more (a fine-tune keeps its checkpoint's)"
+        ),
+    ] = None,
     time: Annotated[str | None, typer.Option(help="training time range START:END")] = None,
     validation_fraction: Annotated[float, typer.Option(help="tail of the record held out")] = 0.1,
     checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints")] = 200,
@@ -323,7 +330,7 @@ def train(
     # Every store is normalised like the first (or like the model fine-tuned), so one model sees one scale.
     base = training.base_model(cfg)
     stats = None if base is None else base.variables
-    first = data.open_fields(data_paths[0], _split(variables), time=time, stats=stats)
+    first = data.open_fields(data_paths[0], _split(variables), time=time, stats=stats, rain_scale=rain_scale)
     fields = [first] + [
         data.open_fields(p, _split(variables), time=time, stats=first.variables) for p in data_paths[1:]
     ]

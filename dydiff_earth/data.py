@@ -73,7 +73,10 @@ class VariableSpec:
     """One channel: its name, units, value transform and normalisation statistics.
 
     ``mean`` and ``std`` are of the transformed values (``log1p`` of the rain rate, for example), so
-    the normalised value is ``(transform(x) - mean) / std``.
+    the normalised value is ``(transform(x) - mean) / std``. A ``log1p`` channel is ``log1p(x / scale)``:
+    values well below ``scale`` (in the variable's units) sit near zero and those above it are
+    logarithmic, so a smaller scale parts dry from light rain more (1, the default, is every model made
+    before the scale existed).
     """
 
     name: str
@@ -82,6 +85,20 @@ class VariableSpec:
     mean: float
     std: float
     attrs: tuple[tuple[str, str], ...] = ()
+    scale: float = 1.0
+
+    def transformed(self, values: np.ndarray) -> np.ndarray:
+        """Physical values to the transformed variable (before the z-score)."""
+        # Negative rain is measurement noise; clipping keeps log1p finite.
+        return np.log1p(np.maximum(values, 0) / self.scale) if self.transform == "log1p" else values
+
+    def physical(self, transformed: np.ndarray) -> np.ndarray:
+        """Inverse of `transformed`; the inverse of log1p is clipped at 0 (no negative rain)."""
+        return np.maximum(np.expm1(transformed), 0) * self.scale if self.transform == "log1p" else transformed
+
+    def normalised(self, value: float) -> float:
+        """A physical value (a threshold, say) in the normalised units the network sees."""
+        return float((self.transformed(np.float64(value)) - self.mean) / self.std)
 
     def to_dict(self) -> dict:
         """JSON-able form (checkpoint metadata, `NORMALISATION_ATTR`)."""
@@ -92,6 +109,8 @@ class VariableSpec:
             "mean": float(self.mean),
             "std": float(self.std),
             "attrs": [[k, v] for k, v in self.attrs],
+            # Written only when it is not the default, so models without it keep their metadata.
+            **({"scale": float(self.scale)} if self.scale != 1.0 else {}),
         }
 
     @classmethod
@@ -101,6 +120,9 @@ class VariableSpec:
             transform = d["transform"]
             if transform not in TRANSFORMS:
                 raise InputError(f"unknown transform {transform!r}; expected one of {TRANSFORMS}")
+            scale = float(d.get("scale", 1.0))
+            if not (np.isfinite(scale) and scale > 0):
+                raise ValueError(f"scale must be positive, got {scale}")
             return cls(
                 name=str(d["name"]),
                 units=str(d["units"]),
@@ -108,6 +130,7 @@ class VariableSpec:
                 mean=float(d["mean"]),
                 std=float(d["std"]),
                 attrs=tuple((str(k), str(v)) for k, v in d.get("attrs", ())),
+                scale=scale,
             )
         except (KeyError, TypeError, ValueError) as err:
             raise InputError(f"malformed variable spec {d!r}: {err}; re-create the checkpoint") from None
@@ -207,11 +230,6 @@ def _default_transform(da: xr.DataArray) -> Transform:
     return "log1p" if "precipitation" in standard_name or "rainfall" in standard_name else "none"
 
 
-def _transform(values: np.ndarray, transform: str) -> np.ndarray:
-    # Negative rain is measurement noise; clipping keeps log1p finite.
-    return np.log1p(np.maximum(values, 0)) if transform == "log1p" else values
-
-
 def _attrs(da: xr.DataArray) -> tuple[tuple[str, str], ...]:
     return tuple((str(k), str(v)) for k, v in da.attrs.items())
 
@@ -234,7 +252,12 @@ def _sample_frames(n: int, count: int) -> np.ndarray:
 
 
 def _scan(
-    ds: xr.Dataset, tdim: str, transforms: Mapping[str, Transform], frames: np.ndarray, source: str
+    ds: xr.Dataset,
+    tdim: str,
+    transforms: Mapping[str, Transform],
+    frames: np.ndarray,
+    source: str,
+    rain_scale: float = 1.0,
 ) -> dict[str, dict[str, float]]:
     """Counts (finite, inf, absurd, negative, nonzero) and sums of transformed finite values; one pass."""
     tasks = {}
@@ -242,7 +265,7 @@ def _scan(
         raw = ds[name].isel({tdim: frames}).data.astype(np.float64)
         finite = dsa.isfinite(raw)
         values = dsa.where(finite, raw, 0.0)
-        data = dsa.log1p(dsa.maximum(values, 0)) if transform == "log1p" else values
+        data = dsa.log1p(dsa.maximum(values, 0) / rain_scale) if transform == "log1p" else values
         tasks[name] = {
             "finite": finite.sum(),
             "inf": dsa.isinf(raw).sum(),
@@ -295,31 +318,34 @@ def _check_values(
 
 
 def _compute_stats(
-    ds: xr.Dataset, tdim: str, transforms: Mapping[str, Transform], source: str
+    ds: xr.Dataset, tdim: str, transforms: Mapping[str, Transform], source: str, rain_scale: float
 ) -> list[VariableSpec]:
     """Mean and std of the finite transformed values, one dask pass over a subsample of frames."""
     frames = _sample_frames(ds.sizes[tdim], STATS_MAX_FRAMES)
-    scanned = _scan(ds, tdim, transforms, frames, source)
+    scanned = _scan(ds, tdim, transforms, frames, source, rain_scale)
     specs = []
     for name, transform in transforms.items():
         c = scanned[name]
         _check_values(ds, tdim, name, transform, c, len(frames), source)
         if c["finite"] == 0:  # valid values only between the sampled frames: statistics from all of them
-            c = _scan(ds, tdim, {name: transform}, np.arange(ds.sizes[tdim]), source)[name]
+            c = _scan(ds, tdim, {name: transform}, np.arange(ds.sizes[tdim]), source, rain_scale)[name]
         count = c["finite"]
         mean = c["sum"] / count
         std = float(np.sqrt(max(c["squares"] / count - mean * mean, 0.0)))
         # A constant field (e.g. no rain at all) has std 0: keep it unscaled rather than divide by 0.
         std = std if std > 0 and np.isfinite(std) else 1.0
         da = ds[name]
-        specs.append(
-            VariableSpec(name, str(da.attrs.get("units", "")), transform, float(mean), std, _attrs(da))
-        )
+        units, scale = str(da.attrs.get("units", "")), rain_scale if transform == "log1p" else 1.0
+        specs.append(VariableSpec(name, units, transform, float(mean), std, _attrs(da), scale))
     return specs
 
 
 def _check_stats(
-    ds: xr.Dataset, names: Sequence[str], stats: Sequence[VariableSpec], transforms: Mapping[str, str] | None
+    ds: xr.Dataset,
+    names: Sequence[str],
+    stats: Sequence[VariableSpec],
+    transforms: Mapping[str, str] | None,
+    rain_scale: float | None,
 ) -> list[VariableSpec]:
     """Specs from a checkpoint, in the checkpoint's channel order, with this input's attrs."""
     if set(names) != {s.name for s in stats}:
@@ -341,6 +367,11 @@ def _check_stats(
             raise InputError(
                 f"transform {wanted!r} for {spec.name!r} conflicts with the model's {spec.transform!r}; "
                 "drop the transform option"
+            )
+        if rain_scale is not None and spec.transform == "log1p" and rain_scale != spec.scale:
+            raise InputError(
+                f"rain scale {rain_scale:g} for {spec.name!r} conflicts with the model's {spec.scale:g}; "
+                "drop the rain scale option"
             )
         specs.append(dataclasses.replace(spec, attrs=_attrs(da)))
     return specs
@@ -365,12 +396,12 @@ def normalize(values: np.ndarray, specs: Sequence[VariableSpec]) -> np.ndarray:
     _check_channels(values, specs)
     out = np.empty(values.shape, dtype=np.float32)
     for c, spec in enumerate(specs):
-        out[..., c, :, :] = (_transform(values[..., c, :, :], spec.transform) - spec.mean) / spec.std
+        out[..., c, :, :] = (spec.transformed(values[..., c, :, :]) - spec.mean) / spec.std
     return out
 
 
 def denormalize(values: np.ndarray, specs: Sequence[VariableSpec]) -> np.ndarray:
-    """Inverse of `normalize`; the inverse of log1p is clipped at 0 (no negative rain).
+    """Inverse of `normalize`; rain comes back clipped at 0 (no negative rain).
 
     Parameters
     ----------
@@ -388,8 +419,7 @@ def denormalize(values: np.ndarray, specs: Sequence[VariableSpec]) -> np.ndarray
     _check_channels(values, specs)
     out = np.empty(values.shape, dtype=np.float32)
     for c, spec in enumerate(specs):
-        z = values[..., c, :, :].astype(np.float64) * spec.std + spec.mean
-        out[..., c, :, :] = np.maximum(np.expm1(z), 0) if spec.transform == "log1p" else z
+        out[..., c, :, :] = spec.physical(values[..., c, :, :].astype(np.float64) * spec.std + spec.mean)
     return out
 
 
@@ -409,6 +439,7 @@ def open_fields(
     transforms: Mapping[str, str] | None = None,
     stats: Sequence[VariableSpec] | None = None,
     time: str | slice | None = None,
+    rain_scale: float | None = None,
 ) -> Fields:
     """Open a gridded source lazily and validate it for training or forecasting.
 
@@ -429,6 +460,9 @@ def open_fields(
         a valid value, with infinities or with undeclared fill values.
     time : str or slice, optional
         ``"START:END"`` (see `parse_time_range`) or a label slice on the time dim.
+    rain_scale : float, optional
+        ``scale`` of the log1p channels (`VariableSpec`), in their units; default 1. With ``stats``
+        it must agree with them.
 
     Returns
     -------
@@ -442,14 +476,16 @@ def open_fields(
     times = ds[tdim].values
     step, segments = time_segments(times)
     if stats is not None:
-        specs = _check_stats(ds, names, stats, transforms)
+        specs = _check_stats(ds, names, stats, transforms, rain_scale)
         ds = ds[[s.name for s in specs]]
         frames = _sample_frames(ds.sizes[tdim], CHECK_FRAMES)
         scanned = _scan(ds, tdim, {s.name: s.transform for s in specs}, frames, label)
         for spec in specs:
             _check_values(ds, tdim, spec.name, spec.transform, scanned[spec.name], len(frames), label)
     else:
-        specs = _compute_stats(ds, tdim, _transforms(names, transforms, ds), label)
+        if rain_scale is not None and not (np.isfinite(rain_scale) and rain_scale > 0):
+            raise InputError(f"the rain scale must be a positive number, got {rain_scale}")
+        specs = _compute_stats(ds, tdim, _transforms(names, transforms, ds), label, rain_scale or 1.0)
     ds.attrs[NORMALISATION_ATTR] = json.dumps([s.to_dict() for s in specs])
     return Fields(ds, tuple(specs), tdim, ydim, xdim, step, segments, gm, label)
 

@@ -111,7 +111,8 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
     -------
     dict
         ``kind="checkpoint"``, ``path``, ``size_bytes``, ``sha256``, ``variables`` (name, units,
-        transform), ``time_step``/``time_step_seconds``, ``context``, ``horizon``, ``patch``,
+        transform, mean, std, scale), ``time_step``/``time_step_seconds``, ``context``, ``horizon``,
+        ``patch``,
         ``preset``, ``model``, ``gamma_ratio``, ``diffusion``, ``frame``, ``covariates``, ``sampler``
         (the recommended solver steps and spacing, or None), ``grid``,
         ``training``
@@ -146,7 +147,10 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
         "format": meta.get("format"),
         "package_version": meta.get("package_version"),
         "variables": [
-            {k: v.get(k) for k in ("name", "units", "transform", "mean", "std")}
+            {
+                **{k: v.get(k) for k in ("name", "units", "transform", "mean", "std")},
+                "scale": v.get("scale", 1.0),  # log1p(x / scale); models made before it have 1
+            }
             for v in meta.get("variables") or []
         ],
         "time_step": describe_step(step) if step is not None else None,
@@ -402,7 +406,9 @@ def render(info: dict[str, Any]) -> Any:
         for column in ("variable", "units", "transform", "mean", "std"):
             var_table.add_column(column)
         for v in info["variables"]:
-            var_table.add_row(v["name"], v["units"], v["transform"], _number(v["mean"]), _number(v["std"]))
+            scaled = v["transform"] == "log1p" and v["scale"] != 1.0
+            transform = f"log1p(x / {_number(v['scale'])})" if scaled else v["transform"]
+            var_table.add_row(v["name"], v["units"], transform, _number(v["mean"]), _number(v["std"]))
         return Group(head, "", var_table)
     for key, value in _data_rows(info):
         head.add_row(key, value)

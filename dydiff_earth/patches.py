@@ -174,7 +174,7 @@ class WindowStream(IndexedStream):
         self.rain_weighted = rain_weighted
         # The threshold in each rain channel's normalised units, so crops are judged on loaded values.
         self.rain_levels = np.array(
-            [(math.log1p(RAIN_THRESHOLD) - s.mean) / s.std for s in fields.variables], dtype=np.float32
+            [s.normalised(RAIN_THRESHOLD) for s in fields.variables], dtype=np.float32
         )
 
     def _allowed_starts(self, starts: Sequence[int] | None) -> np.ndarray:
@@ -329,7 +329,7 @@ class DepartureWindowStream(IndexedStream):
         if rain_weighted and self.rain is None:
             raise InputError("rain_weighted needs a precipitation-like (log1p) variable; turn it off")
         spec = fields.variables[self.rain or 0]
-        self.rain_level = (math.log1p(RAIN_THRESHOLD) - spec.mean) / spec.std
+        self.rain_level = spec.normalised(RAIN_THRESHOLD)
         allowed = window_starts(fields, self.window)
         self.starts = allowed if starts is None else [s for s in starts if s in set(allowed)]
         if not self.starts:

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from dydiff_earth import __version__, covariates, diurnal, io, motion
 from dydiff_earth.config import DiffusionConfig, ModelConfig, TrainConfig
-from dydiff_earth.data import Fields, window_starts
+from dydiff_earth.data import Fields, VariableSpec, window_starts
 from dydiff_earth.diffusion import Schedule, diffusion_loss, make_schedule
 from dydiff_earth.errors import InputError
 from dydiff_earth.forecast import LoadedModel, load_model
@@ -248,7 +248,12 @@ def _save(
 
 
 def _restore(
-    output: Path, model: torch.nn.Module, ema: _EMA, opt: torch.optim.Optimizer, gen: torch.Generator
+    output: Path,
+    model: torch.nn.Module,
+    ema: _EMA,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    variables: Sequence[VariableSpec],
 ) -> int:
     """Load what :func:`_save` wrote; returns the step to continue from (the state's)."""
     if not _state_path(output).is_file():
@@ -257,6 +262,14 @@ def _restore(
             f"{_state_path(output).name} is missing)"
         )
     state, meta = io.load_checkpoint(_state_path(output))
+    theirs = [VariableSpec.from_dict(v) for v in meta["variables"]]
+    for before, now in zip(theirs, variables, strict=False):
+        if (before.transform, before.scale) != (now.transform, now.scale):
+            raise InputError(
+                f"--resume: {output} learnt {before.name!r} as {before.transform} with scale "
+                f"{before.scale:g}, this run as {now.transform} with scale {now.scale:g}; "
+                "resume with the run's --rain-scale"
+            )
     model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
     # States written before they held the EMA: it is in the checkpoint, saved at the same step.
     averaged = {k[4:]: v for k, v in state.items() if k.startswith("ema.")} or io.load_checkpoint(output)[0]
@@ -296,17 +309,23 @@ def base_model(cfg: TrainConfig) -> LoadedModel | None:
 def _check_base(
     base: LoadedModel,
     model_cfg: ModelConfig,
+    diff_cfg: DiffusionConfig,
     cfg: TrainConfig,
     frame: str,
     names: Sequence[str],
     fields: Fields,
 ) -> None:
-    """Refuse, in one line, to fine-tune a checkpoint whose network or data this run does not match."""
+    """Refuse, in one line, to fine-tune a checkpoint whose network, process or data this run does not
+    match. The loss's weights may change (that is what a fine-tune may be for); the noising may not."""
     ours = json.loads(json.dumps(dataclasses.asdict(model_cfg)))  # tuples as the checkpoint's JSON lists
     theirs = dict(base.meta["model"])
     if theirs.get("blocks_per_level", 1) < model_cfg.blocks_per_level:
         theirs["blocks_per_level"] = model_cfg.blocks_per_level  # a deeper network grows from it (deepen)
     pairs = {f"network {k} (--preset)": (v, ours.get(k)) for k, v in theirs.items()}
+    process = DiffusionConfig(**base.meta["diffusion"])
+    for key in ("timesteps", "cosine_s", "gamma_ratio"):
+        option = " (--gamma-ratio)" if key == "gamma_ratio" else ""
+        pairs[f"diffusion {key}{option}"] = (getattr(process, key), getattr(diff_cfg, key))
     pairs.update(
         {
             "context": (base.context, cfg.context),
@@ -451,7 +470,7 @@ def fit(
         model_cfg, channels=channels, context=cfg.context, condition_channels=condition
     )
     if base is not None:
-        _check_base(base, model_cfg, cfg, frame, names, stores[0])
+        _check_base(base, model_cfg, diff_cfg, cfg, frame, names, stores[0])
         net = base.denoiser.net
         if net.cfg.blocks_per_level < model_cfg.blocks_per_level:
             net = deepen(net, model_cfg.blocks_per_level)
@@ -462,7 +481,7 @@ def fit(
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed + rank)
     step = 0
     if resume:
-        step = _restore(output, denoiser, ema, opt, gen)
+        step = _restore(output, denoiser, ema, opt, gen, stores[0].variables)
     model: torch.nn.Module = denoiser
     if world > 1:
         ids = [dev.index] if dev.type == "cuda" else None

@@ -185,6 +185,21 @@ def test_resume_without_checkpoint(inputs: dict[str, Path]) -> None:
     assert_user_error(args, "--resume", "m.safetensors")
 
 
+def test_rain_scale_is_recorded_and_kept(inputs: dict[str, Path]) -> None:
+    """``--rain-scale`` goes into the checkpoint; a resume or fine-tune that would change it is refused."""
+    from dydiff_earth.forecast import load_model
+
+    args = ["train", "--data", inputs["store"], "--preset", "tiny", "--context", "2", "--horizon", "2"]
+    args += ["--patch", "16", "--batch-size", "2", "--frame", "eulerian", "--quiet", "-o", "m.safetensors"]
+    result = invoke([*args, "--steps", "1", "--rain-scale", "0.1"])
+    assert result.exit_code == 0, result.output
+    assert [v.scale for v in load_model("m.safetensors").variables] == [0.1]
+    assert_user_error([*args, "--steps", "2", "--resume"], "--resume", "scale 0.1", "scale 1", "--rain-scale")
+    tune = ["--init-from", "m.safetensors", "--steps", "1", "--rain-scale", "1", "-o", "t.safetensors"]
+    assert_user_error([*args[:-2], *tune], "rain scale 1", "model's 0.1")
+    assert_user_error([*args, "--rain-scale", "0"], "rain scale must be a positive number")
+
+
 def test_negative_lead_weight_power(inputs: dict[str, Path]) -> None:
     args = ["train", "--data", inputs["store"], "--lead-weight-power", "-1", "-o", "m.safetensors"]
     assert_user_error(args, "--lead-weight-power", "-1.0")

@@ -5,7 +5,9 @@ Opening sources (paths, formats, dims, time checks) is tested in test_sources.py
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -225,8 +227,43 @@ def test_normalize_round_trip() -> None:
 def test_spec_dict_round_trip() -> None:
     spec = VariableSpec("precip", "mm h-1", "log1p", 0.1, 0.5, (("units", "mm h-1"),))
     assert VariableSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    assert "scale" not in spec.to_dict()  # the default leaves older models' metadata as it was
+    scaled = dataclasses.replace(spec, scale=0.1)
+    assert VariableSpec.from_dict(json.loads(json.dumps(scaled.to_dict()))) == scaled
     with pytest.raises(InputError, match="unknown transform"):
         VariableSpec.from_dict({**spec.to_dict(), "transform": "sqrt"})
+    with pytest.raises(InputError, match="scale must be positive"):
+        VariableSpec.from_dict({**spec.to_dict(), "scale": 0})
+
+
+def test_rain_scale() -> None:
+    """log1p(x / scale): the inverse, the threshold in network units, and where dry and light rain lie."""
+    coarse = VariableSpec("precip", "mm h-1", "log1p", 0.4, 0.8)
+    fine = dataclasses.replace(coarse, scale=0.1)
+    rain = np.array([0.0, 0.05, 0.1, 1.0, 4.0, 30.0]).reshape(1, 1, 6, 1)
+    for spec in (coarse, fine):
+        np.testing.assert_allclose(denormalize(normalize(rain, [spec]), [spec]), rain, rtol=1e-5, atol=1e-6)
+        assert spec.normalised(0.1) == pytest.approx(float(normalize(rain, [spec])[0, 0, 2, 0]), abs=1e-6)
+    assert fine.normalised(1.0) == pytest.approx((math.log(11.0) - 0.4) / 0.8)
+    # In the transformed variable (before the z-score), 0.1 mm/h lies log(2) above dry, not log(1.1).
+    gap = fine.transformed(np.float64(0.1)) - fine.transformed(np.float64(0.0))
+    assert gap == pytest.approx(math.log(2.0))
+    assert coarse.transformed(np.float64(0.1)) == pytest.approx(math.log(1.1))
+
+
+def test_open_fields_rain_scale(tmp_path: Path) -> None:
+    make_ds().to_netcdf(tmp_path / "a.nc")
+    fields = open_fields(tmp_path / "a.nc", ["precip"], rain_scale=0.1)
+    spec = fields.variables[0]
+    assert spec.scale == 0.1
+    rain = xr.open_dataset(tmp_path / "a.nc")["precip"].values.astype(np.float64)
+    raw = np.log1p(np.maximum(rain, 0) / 0.1)
+    assert spec.mean == pytest.approx(raw.mean(), rel=1e-6) and spec.std == pytest.approx(raw.std(), rel=1e-6)
+    assert open_fields(tmp_path / "a.nc", ["precip"], stats=[spec]).variables[0].scale == 0.1
+    with pytest.raises(InputError, match=r"rain scale 1 for 'precip' conflicts with the model's 0\.1"):
+        open_fields(tmp_path / "a.nc", ["precip"], stats=[spec], rain_scale=1.0)
+    with pytest.raises(InputError, match="rain scale must be a positive number"):
+        open_fields(tmp_path / "a.nc", ["precip"], rain_scale=-1.0)
 
 
 # ------------------------------------------------------------------------------------------- prepare

@@ -250,4 +250,9 @@ def test_fine_tuning_another_network_is_refused(fields, tmp_path: Path) -> None:
             TrainConfig(**{**CFG.__dict__, "init_from": str(base)}),
             tmp_path / "y.safetensors",
         )
+    # Another noising process is another model; another loss weighting is a fine-tune.
+    tune = TrainConfig(**{**CFG.__dict__, "init_from": str(base), "steps": 1})
+    with pytest.raises(InputError, match=r"diffusion gamma_ratio \(--gamma-ratio\) is 0.5, this run's 0.0"):
+        fit(fields, preset("tiny"), DiffusionConfig(gamma_ratio=0.0), tune, tmp_path / "x.safetensors")
     assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "y.safetensors").exists()
+    fit(fields, preset("tiny"), DiffusionConfig(lead_weight_power=1.0), tune, tmp_path / "z.safetensors")
