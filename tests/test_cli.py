@@ -194,6 +194,8 @@ def test_rain_scale_is_recorded_and_kept(inputs: dict[str, Path]) -> None:
     result = invoke([*args, "--steps", "1", "--rain-scale", "0.1"])
     assert result.exit_code == 0, result.output
     assert [v.scale for v in load_model("m.safetensors").variables] == [0.1]
+    shown = invoke(["info", "m.safetensors"])
+    assert "log1p(x / 0.1)" in " ".join(shown.stdout.split()), shown.stdout
     assert_user_error([*args, "--steps", "2", "--resume"], "--resume", "scale 0.1", "scale 1", "--rain-scale")
     tune = ["--init-from", "m.safetensors", "--steps", "1", "--rain-scale", "1", "-o", "t.safetensors"]
     assert_user_error([*args[:-2], *tune], "rain scale 1", "model's 0.1")
