@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import dask
 import dask.array as dsa
@@ -68,6 +68,12 @@ _RAIN_UNITS = frozenset({"mm h-1", "kg m-2 s-1", "mm", "mm s-1", "mm d-1", "kg m
 _UNIT_SYNONYMS = {"mm/h": "mm h-1", "mm hr-1": "mm h-1", "mm/hr": "mm h-1", "mm/d": "mm d-1"}
 
 
+def _log1p(values: Any, scale: float) -> Any:
+    """``log1p(x / scale)`` of numpy or dask arrays (numpy's ufuncs dispatch to dask)."""
+    # Negative rain is measurement noise; clipping keeps log1p finite.
+    return np.log1p(np.maximum(values, 0) / scale)
+
+
 @dataclass(frozen=True)
 class VariableSpec:
     """One channel: its name, units, value transform and normalisation statistics.
@@ -89,8 +95,7 @@ class VariableSpec:
 
     def transformed(self, values: np.ndarray) -> np.ndarray:
         """Physical values to the transformed variable (before the z-score)."""
-        # Negative rain is measurement noise; clipping keeps log1p finite.
-        return np.log1p(np.maximum(values, 0) / self.scale) if self.transform == "log1p" else values
+        return _log1p(values, self.scale) if self.transform == "log1p" else values
 
     def physical(self, transformed: np.ndarray) -> np.ndarray:
         """Inverse of `transformed`; the inverse of log1p is clipped at 0 (no negative rain)."""
@@ -265,7 +270,7 @@ def _scan(
         raw = ds[name].isel({tdim: frames}).data.astype(np.float64)
         finite = dsa.isfinite(raw)
         values = dsa.where(finite, raw, 0.0)
-        data = dsa.log1p(dsa.maximum(values, 0) / rain_scale) if transform == "log1p" else values
+        data = _log1p(values, rain_scale) if transform == "log1p" else values
         tasks[name] = {
             "finite": finite.sum(),
             "inf": dsa.isinf(raw).sum(),

@@ -112,10 +112,8 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
     dict
         ``kind="checkpoint"``, ``path``, ``size_bytes``, ``sha256``, ``variables`` (name, units,
         transform, mean, std, scale), ``time_step``/``time_step_seconds``, ``context``, ``horizon``,
-        ``patch``,
-        ``preset``, ``model``, ``gamma_ratio``, ``diffusion``, ``frame``, ``covariates``, ``sampler``
-        (the recommended solver steps and spacing, or None), ``grid``,
-        ``training``
+        ``patch``, ``preset``, ``model``, ``gamma_ratio``, ``diffusion``, ``frame``, ``covariates``,
+        ``sampler`` (the recommended solver steps and spacing, or None), ``grid``, ``training``
         (data, steps, losses, options), ``tensors`` and ``parameters``.
     """
     p = Path(path)
