@@ -7,6 +7,7 @@ borders, lakes, graticule) come from :mod:`dydiff_earth.geo`.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -489,6 +490,10 @@ def _lead_indices(lead_times: Sequence[int] | None, n: int) -> list[int]:
     return list(dict.fromkeys(indices))
 
 
+#: The names :func:`plot_forecast` writes, and the only files it removes from its folder.
+MAP_NAME = re.compile(r".+_(?:(?:mean|spread|probability|members)_lead(?:\d{4,}|\+\d+[hs])\.png|mean\.gif)")
+
+
 def plot_forecast(
     ds: xr.Dataset,
     out_dir: str | Path,
@@ -507,7 +512,9 @@ def plot_forecast(
         A forecast in the output format: per variable ``<var>`` (member, lead_time, y, x), ``<var>_mean``
         and ``<var>_spread`` (lead_time, y, x), optionally ``<var>_probability`` (threshold, lead_time, y, x).
     out_dir
-        Folder for the files (created); each file is written to a temporary name, then renamed.
+        Folder for the files (created); each file is written to a temporary name, then renamed. Maps of
+        an earlier forecast there (:data:`MAP_NAME`) that this one does not redraw are removed after, so
+        that the folder never shows two forecasts at once (a map of +20 min beside another's +35 min).
     lead_times
         Lead-time *indices* to draw; default the first, middle and last.
     truth
@@ -566,4 +573,7 @@ def plot_forecast(
         if animate:
             mean = mean.assign_attrs(ds[var].attrs)
             written.append(_animate_mean(var, mean, grid, stamps, out / f"{var}_mean.gif"))
+    for stale in sorted(set(out.iterdir()) - set(written)):
+        if MAP_NAME.fullmatch(stale.name) and stale.is_file():
+            stale.unlink()
     return written

@@ -77,6 +77,18 @@ def test_default_leads_are_first_middle_last(tmp_path: Path) -> None:
     )
 
 
+def test_a_folder_shows_one_forecast_and_keeps_other_files(tmp_path: Path) -> None:
+    (tmp_path / "notes_mean.txt").write_text("the user's")
+    rain = fixtures.latlon_precip(n_members=2, n_leads=3)
+    first = plotting.plot_forecast(rain, tmp_path, members=1)
+    assert all(plotting.MAP_NAME.fullmatch(p.name) for p in first)  # what it writes, it may remove
+    # Another forecast (hourly leads, other variables) into the same folder: none of the first's maps stay.
+    ds = fixtures.turbulence(n_members=2, n_leads=5).drop_vars(["v", "v_mean", "v_spread"])
+    second = plotting.plot_forecast(ds, tmp_path, members=0)
+    assert all(plotting.MAP_NAME.fullmatch(p.name) for p in second)
+    assert sorted(tmp_path.iterdir()) == sorted([*second, tmp_path / "notes_mean.txt"])
+
+
 def test_polar_stereographic_case(tmp_path: Path, no_network: list[str]) -> None:
     ds = fixtures.polar_stereographic_precip(n_members=3, n_leads=2)
     assert isinstance(plotting._grid_of(ds, "precip").crs, ccrs.Stereographic)
