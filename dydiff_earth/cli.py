@@ -396,9 +396,10 @@ def forecast(
     output: Annotated[Path, typer.Option("--output", "-o", help="OUT.nc or OUT.zarr")] = Path(
         "dydiff-output/forecast.nc"
     ),
-    maps: Annotated[Path | None, typer.Option(help="directory for PNG maps and an animation")] = Path(
-        "dydiff-output/maps"
-    ),
+    maps: Annotated[
+        Path | None,
+        typer.Option(help="directory for PNG maps and an animation; replaces an earlier forecast's maps"),
+    ] = Path("dydiff-output/maps"),
     no_maps: Annotated[bool, typer.Option("--no-maps", help="skip the maps")] = False,
     units: Annotated[
         str | None,
@@ -485,9 +486,10 @@ def forecast(
 @user_errors
 def plot(
     forecast_path: Annotated[Path, typer.Argument(help="forecast file (.nc or .zarr)")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="directory for the maps")] = Path(
-        "dydiff-output/maps"
-    ),
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="directory for the maps; replaces an earlier forecast's maps"),
+    ] = Path("dydiff-output/maps"),
     truth: Annotated[str | None, typer.Option(help="observations to draw next to the members")] = None,
     units: Annotated[str | None, typer.Option(help="show temperatures in K or degC")] = None,
 ) -> None:

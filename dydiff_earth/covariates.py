@@ -89,6 +89,18 @@ def grid_lonlat(fields: Fields) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(lon, float), np.asarray(lat, float)
 
 
+def grid_cell_km(fields: Fields) -> float | None:
+    """The size of the grid's cells in km (:func:`dydiff_earth.geo.cell_size_km`), None for a grid
+    without geography (or of one cell along an axis)."""
+    if min(fields.shape) < 2:
+        return None
+    try:
+        lon, lat = grid_lonlat(fields)
+    except (InputError, ValueError, RuntimeError):  # no geography, or a grid mapping pyproj cannot read
+        return None
+    return geo.cell_size_km(lon, lat)
+
+
 @functools.lru_cache(maxsize=4)
 def _land(path: Path) -> shapely.Geometry:
     from cartopy.io import shapereader

@@ -308,6 +308,36 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:200] if text else type(exc).__name__
 
 
+#: How far (as a ratio either way) the input's cells may be from the size of those a checkpoint learnt
+#: (``grid.cell_km``, :func:`covariates.grid_cell_km`). A network learns the size of rain cells, their
+#: growth and decay per step and their texture in grid cells: the 4 km radar model run on a 1 km grid
+#: draws its 4 km texture at 1 km (speckle on the maps). Loose enough for one model over other
+#: latitudes (a 0.25 degree grid's cells are 21 km at 54 N and 24 km at 30 N) and projections, tight
+#: enough for a whole factor of coarsening (2 or more).
+CELL_SIZE_TOLERANCE = 1.5
+
+
+def check_cell_size(model: LoadedModel, fields: Fields) -> None:
+    """The input's grid cells must be about the size of those the checkpoint learnt, where both are known
+    (a checkpoint trained on a grid without geography, or from before it was recorded, is not checked)."""
+    trained = model.meta.get("grid", {}).get("cell_km")
+    given = covariates.grid_cell_km(fields) if trained else None
+    if not trained or not given or 1 / CELL_SIZE_TOLERANCE <= given / trained <= CELL_SIZE_TOLERANCE:
+        return
+    name = model.meta.get("name") or Path(model.path).name
+    if given < trained:
+        factor = max(round(trained / given), 2)
+        fix = (
+            f"block-average it {factor} x {factor} first (dydiff-earth prepare INPUT --coarsen {factor} "
+            "--output STORE)"
+        )
+    else:
+        fix = "forecast on a grid as fine as the model's, or train on yours"
+    raise InputError(
+        f"checkpoint {name} learnt grid cells of {trained:.3g} km; the input's are {given:.3g} km: {fix}"
+    )
+
+
 def check_compatible(model: LoadedModel, fields: Fields) -> None:
     """The input must carry the model's variables, units and time step; one line naming both sides if not."""
     have = {v.name: v for v in fields.variables}
@@ -326,6 +356,7 @@ def check_compatible(model: LoadedModel, fields: Fields) -> None:
             f"checkpoint was trained on a time step of {describe_step(model.time_step)}, input has "
             f"{describe_step(fields.time_step)}"
         )
+    check_cell_size(model, fields)
     if model.diurnal_change is not None and model.diurnal_change.shape[-2:] != fields.shape:
         raise InputError(
             f"checkpoint learnt the diurnal cycle of a {model.diurnal_change.shape[-2:]} grid; the input is "

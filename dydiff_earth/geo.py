@@ -210,6 +210,31 @@ def cell_edges(values: np.ndarray | None, n: int) -> tuple[float, float]:
     return float(v.min()) - step / 2, float(v.max()) + step / 2
 
 
+#: Mean radius of the Earth (IUGG), km: the sphere on which :func:`cell_size_km` measures distances.
+EARTH_RADIUS_KM = 6371.0088
+
+
+def _great_circle_km(lon1: np.ndarray, lat1: np.ndarray, lon2: np.ndarray, lat2: np.ndarray) -> np.ndarray:
+    """Haversine distance between points given in degrees, on the sphere of :data:`EARTH_RADIUS_KM`."""
+    p1, p2, dlon = np.radians(lat1), np.radians(lat2), np.radians(lon2 - lon1)
+    h = np.sin((p2 - p1) / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dlon / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
+
+
+def cell_size_km(lon: np.ndarray, lat: np.ndarray) -> float:
+    """The typical size of a grid cell, km: the geometric mean of the median distances between
+    neighbouring cell centres along each axis of ``(H, W)`` longitude and latitude (degrees).
+
+    One number for a grid's resolution whatever its projection: a radar composite of 1 km cells in a
+    Swiss or polar stereographic projection and one of 1 km on another plane give about the same, and a
+    latitude/longitude grid's cells, narrower towards the poles, their area's side. Medians, so that a
+    seam (a grid crossing the antimeridian) or a few odd cells do not move it.
+    """
+    along_y = _great_circle_km(lon[:-1], lat[:-1], lon[1:], lat[1:])
+    along_x = _great_circle_km(lon[:, :-1], lat[:, :-1], lon[:, 1:], lat[:, 1:])
+    return float(np.sqrt(np.median(along_y) * np.median(along_x)))
+
+
 def geographic_kind(ds: xr.Dataset, da: xr.DataArray) -> str | None:
     """ "grid" for 1-D latitude/longitude dims, "curvilinear" for 2-D lat/lon coords, else None."""
     ydim, xdim = da.dims[-2:]

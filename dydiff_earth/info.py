@@ -451,7 +451,11 @@ def _checkpoint_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
         ("frame", str(info["frame"])),
         ("covariates", ", ".join(info["covariates"]) or "none"),
         ("sampler", _sampler(info.get("sampler"))),
-        ("trained grid", f"{grid.get('dims')} {grid.get('shape')}, grid mapping {grid.get('grid_mapping')}"),
+        (
+            "trained grid",
+            f"{grid.get('dims')} {grid.get('shape')}, grid mapping {grid.get('grid_mapping')}"
+            + (f", cells of {grid['cell_km']:.3g} km" if grid.get("cell_km") else ""),
+        ),
         (
             "training data",
             f"{data.get('source')}: {str(data.get('time_start', ''))[:16]} to "

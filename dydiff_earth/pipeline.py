@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import xarray as xr
 
 from dydiff_earth import io, schema
 from dydiff_earth.config import ForecastConfig
-from dydiff_earth.data import Fields, describe_step, open_fields
+from dydiff_earth.covariates import grid_cell_km
+from dydiff_earth.data import Fields, VariableSpec, describe_step, open_fields
 from dydiff_earth.errors import InputError, MissingVariableError
 from dydiff_earth.forecast import (
     MODELS_DIR,
@@ -89,9 +91,13 @@ def shipped_models() -> list[str]:
     return sorted(p.stem for p in MODELS_DIR.glob("*.safetensors"))
 
 
+def _describe(variables: Sequence[VariableSpec], step: np.timedelta64, cell_km: float | None) -> str:
+    names = ", ".join(f"{v.name} in {v.units or 'no units'}" for v in variables)
+    return f"{names} every {describe_step(step)}" + (f" on {cell_km:.3g} km cells" if cell_km else "")
+
+
 def _expects(model: LoadedModel) -> str:
-    variables = ", ".join(f"{v.name} in {v.units or 'no units'}" for v in model.variables)
-    return f"{variables} every {describe_step(model.time_step)}"
+    return _describe(model.variables, model.time_step, model.meta.get("grid", {}).get("cell_km"))
 
 
 def _open_for(model: LoadedModel, source: str, variables: tuple[str, ...] | None) -> Fields:
@@ -121,7 +127,7 @@ def choose_model(
     trained on observations when one fits (``radar-4km-v1`` for 5-minute rain rates). When none fits,
     one line lists the shipped models with what each expects and how to train one.
     """
-    fits, tried = [], []
+    fits, tried, given = [], [], ""
     for name in shipped_models():
         model = load_model(name, device)
         # A missing variable or other units or time step rule a model out; an unreadable input does not
@@ -132,6 +138,7 @@ def choose_model(
             fields = None
         fit = fields is not None
         if fields is not None:
+            given = f" ({_describe(fields.variables, fields.time_step, grid_cell_km(fields))})"
             try:
                 check_compatible(model, fields)  # metadata only: fails for nothing but a mismatch
             except InputError:
@@ -142,8 +149,9 @@ def choose_model(
             tried.append(f"{name} ({_expects(model)})")
     if not fits:
         raise InputError(
-            f"no --checkpoint given and no shipped model fits {source}: {'; '.join(tried)}. Train your own: "
-            "dydiff-earth train --data STORE --output model.safetensors, then --checkpoint model.safetensors"
+            f"no --checkpoint given and no shipped model fits {source}{given}: {'; '.join(tried)}. Train "
+            "your own: dydiff-earth train --data STORE --output model.safetensors, then --checkpoint "
+            "model.safetensors"
         )
     synthetic = _synthetic(fits[0][2])
     fits.sort(key=lambda fit: (fit[0] == DEFAULT_MODEL) != synthetic)

@@ -26,12 +26,14 @@ def tiny_field(
     units: str = "mm h-1",
     gaps: tuple[int, ...] = (),
     seed: int = 0,
+    spacing: float = 0.05,
 ) -> xr.Dataset:
-    """A small CF dataset on a lat/lon grid: smooth blobs drifting east, ``gaps`` frame indices removed."""
+    """A small CF dataset on a lat/lon grid of ``spacing`` degrees: smooth blobs drifting east, ``gaps``
+    frame indices removed."""
     rng = np.random.default_rng(seed)
     ny, nx = size
-    lat = 47.0 + 0.05 * np.arange(ny)
-    lon = 8.0 + 0.05 * np.arange(nx)
+    lat = 47.0 + spacing * np.arange(ny)
+    lon = 8.0 + spacing * np.arange(nx)
     yy, xx = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
     centres = rng.uniform(0, min(ny, nx), size=(3, 2))
     values = np.zeros((frames, ny, nx), np.float32)

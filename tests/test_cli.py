@@ -63,6 +63,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "mm": io.write_zarr(tiny_field(12, units="mm"), root / "mm.zarr"),
         "10min": io.write_zarr(tiny_field(12, step="10min"), root / "10min.zarr"),
         "gap": io.write_zarr(tiny_field(12, gaps=(5,)), root / "gap.zarr"),
+        "fine": io.write_zarr(tiny_field(12, spacing=0.0125), root / "fine.zarr"),
     }
 
 
@@ -249,8 +250,9 @@ def test_forecast_pickle_checkpoint(inputs: dict[str, Path], tmp_path: Path) -> 
         ("t2m", ("'precip'", "t2m")),
         ("mm", ("'mm'", "'mm h-1'")),
         ("10min", ("time step",)),
+        ("fine", ("grid cells of 4.58 km", "the input's are 1.15 km", "--coarsen 4")),
     ],
-    ids=["variable", "units", "time-step"],
+    ids=["variable", "units", "time-step", "cell-size"],
 )
 def test_forecast_checkpoint_does_not_match(
     inputs: dict[str, Path], source: str, needles: tuple[str, ...]
@@ -280,7 +282,12 @@ def test_forecast_without_checkpoint_takes_the_shipped_model_that_fits(
         "no shipped model fits",
         "dydiff-earth train",
     )
-    assert "radar-4km-v1 (precip in mm h-1 every 5 minutes)" in message, message
+    assert "radar-4km-v1 (precip in mm h-1 every 5 minutes on 3.99 km cells)" in message, message
+    # Rain on cells a quarter of the models' size: the line says what the input is, next to what they take.
+    message = assert_user_error(
+        ["forecast", "--input", inputs["fine"], *QUICK, "-o", "f.nc"], "no shipped model fits"
+    )
+    assert "fine.zarr (precip in mm h-1 every 5 minutes on 1.15 km cells)" in message, message
 
 
 def test_forecast_gap_inside_the_context(inputs: dict[str, Path]) -> None:

@@ -9,6 +9,7 @@ import _forecast_fixtures as fixtures
 import cartopy
 import cartopy.crs as ccrs
 import numpy as np
+import pyproj
 import pytest
 import shapely
 
@@ -64,3 +65,25 @@ def test_projected_features_without_map_data(no_map_data: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         geo.projected_features(geo.crs_of(ds, "precip"), (x0, x1, y0, y1))
+
+
+def _geodesic_cell_km(lon: np.ndarray, lat: np.ndarray) -> float:
+    """Independent reference: neighbour distances along pyproj's geodesics on the WGS 84 ellipsoid."""
+    geod = pyproj.Geod(ellps="WGS84")
+    along_y = geod.inv(lon[:-1], lat[:-1], lon[1:], lat[1:])[2]
+    along_x = geod.inv(lon[:, :-1], lat[:, :-1], lon[:, 1:], lat[:, 1:])[2]
+    return float(np.sqrt(np.median(along_y) * np.median(along_x))) / 1e3
+
+
+def test_cell_size_is_the_geodesic_spacing_of_neighbours() -> None:
+    # A 0.25 degree grid over the British Isles (ERA5's) and a 40 km polar stereographic one over Finland.
+    lat, lon = np.meshgrid(np.arange(58.0, 49.9, -0.25), np.arange(-10.0, 2.01, 0.25), indexing="ij")
+    ds = fixtures.polar_stereographic_precip()
+    for lo, la in ((lon, lat), (ds.lon.values.astype(float), ds.lat.values.astype(float))):
+        # On the sphere, not the ellipsoid: within half a percent.
+        assert geo.cell_size_km(lo, la) == pytest.approx(_geodesic_cell_km(lo, la), rel=5e-3)
+    # At its standard parallel (60 N) the projection's 40 km are 40 km on the ground: a few % either side.
+    assert geo.cell_size_km(ds.lon.values, ds.lat.values) == pytest.approx(40.0, rel=0.05)
+    # A latitude/longitude cell's side is its area's: 0.25 degrees is 27.8 km north-south at any latitude.
+    equator = np.meshgrid(np.arange(-1.0, 1.01, 0.25), np.arange(0.0, 2.01, 0.25), indexing="ij")
+    assert geo.cell_size_km(equator[1], equator[0]) == pytest.approx(2 * np.pi * 6371.0088 / 1440, rel=1e-3)

@@ -53,6 +53,8 @@ def test_checkpoint_round_trip_and_metadata(fields, tmp_path: Path) -> None:
     assert meta["step"] == 6 and meta["context"] == 2 and meta["horizon"] == 2
     assert meta["variables"][0]["name"] == "precip" and meta["variables"][0]["transform"] == "log1p"
     assert meta["time_step_seconds"] == 300
+    # 0.05 degree cells at 47 N: the resolution a forecast's input is checked against.
+    assert meta["grid"]["cell_km"] == pytest.approx(4.58, abs=0.01)
     assert np.isfinite(meta["train_loss"]) and meta["validation_loss"] is not None
     assert all(torch.isfinite(v).all() for v in tensors.values())
 
