@@ -317,13 +317,14 @@ def _first_line(exc: BaseException) -> str:
 CELL_SIZE_TOLERANCE = 1.5
 
 
-def check_cell_size(model: LoadedModel, fields: Fields) -> None:
-    """The input's grid cells must be about the size of those the checkpoint learnt, where both are known
-    (a checkpoint trained on a grid without geography, or from before it was recorded, is not checked)."""
+def cell_size_mismatch(model: LoadedModel, fields: Fields) -> str | None:
+    """Where the input's grid cells are not about the size of those the checkpoint learnt, one line that
+    says so and what to do; None where they are, or where either is unknown (a checkpoint trained on a
+    grid without geography, or from before it was recorded)."""
     trained = model.meta.get("grid", {}).get("cell_km")
     given = covariates.grid_cell_km(fields) if trained else None
     if not trained or not given or 1 / CELL_SIZE_TOLERANCE <= given / trained <= CELL_SIZE_TOLERANCE:
-        return
+        return None
     name = model.meta.get("name") or Path(model.path).name
     if given < trained:
         factor = max(round(trained / given), 2)
@@ -333,13 +334,12 @@ def check_cell_size(model: LoadedModel, fields: Fields) -> None:
         )
     else:
         fix = "forecast on a grid as fine as the model's, or train on yours"
-    raise InputError(
-        f"checkpoint {name} learnt grid cells of {trained:.3g} km; the input's are {given:.3g} km: {fix}"
-    )
+    return f"checkpoint {name} learnt grid cells of {trained:.3g} km; the input's are {given:.3g} km: {fix}"
 
 
-def check_compatible(model: LoadedModel, fields: Fields) -> None:
-    """The input must carry the model's variables, units and time step; one line naming both sides if not."""
+def check_compatible(model: LoadedModel, fields: Fields, *, cells: bool = True) -> None:
+    """The input must carry the model's variables, units and time step, and (``cells``) grid cells of about
+    the size it learnt (:func:`cell_size_mismatch`); one line naming both sides if not."""
     have = {v.name: v for v in fields.variables}
     for spec in model.variables:
         if spec.name not in have:
@@ -356,7 +356,8 @@ def check_compatible(model: LoadedModel, fields: Fields) -> None:
             f"checkpoint was trained on a time step of {describe_step(model.time_step)}, input has "
             f"{describe_step(fields.time_step)}"
         )
-    check_cell_size(model, fields)
+    if cells and (mismatch := cell_size_mismatch(model, fields)):
+        raise InputError(mismatch)
     if model.diurnal_change is not None and model.diurnal_change.shape[-2:] != fields.shape:
         raise InputError(
             f"checkpoint learnt the diurnal cycle of a {model.diurnal_change.shape[-2:]} grid; the input is "

@@ -23,6 +23,7 @@ from dydiff_earth.forecast import (
     LoadedModel,
     ProgressFn,
     add_derived,
+    cell_size_mismatch,
     check_compatible,
     load_model,
 )
@@ -121,13 +122,14 @@ def _synthetic(fields: Fields) -> bool:
 def choose_model(
     source: str, variables: tuple[str, ...] | None, device: torch.device
 ) -> tuple[LoadedModel, Fields]:
-    """The shipped model whose variables, units and time step the input has, and the input.
+    """The shipped model whose variables, units, time step and size of grid cells the input has, and the
+    input.
 
     The ``demo`` model (trained on synthetic rain) serves synthetic inputs; observations go to a model
     trained on observations when one fits (``radar-4km-v1`` for 5-minute rain rates). When none fits,
     one line lists the shipped models with what each expects and how to train one.
     """
-    fits, tried, given = [], [], ""
+    fits, tried, regrid, given = [], [], [], ""
     for name in shipped_models():
         model = load_model(name, device)
         # A missing variable or other units or time step rule a model out; an unreadable input does not
@@ -140,13 +142,23 @@ def choose_model(
         if fields is not None:
             given = f" ({_describe(fields.variables, fields.time_step, grid_cell_km(fields))})"
             try:
-                check_compatible(model, fields)  # metadata only: fails for nothing but a mismatch
+                check_compatible(
+                    model, fields, cells=False
+                )  # metadata only: fails for nothing but a mismatch
             except InputError:
                 fit = False
+            else:
+                if mismatch := cell_size_mismatch(model, fields):
+                    fit = False
+                    regrid.append((name, mismatch, _synthetic(fields)))
         if fit:
             fits.append((name, model, fields))
         else:
             tried.append(f"{name} ({_expects(model)})")
+    if not fits and regrid:
+        # All but the grid fits: say how to block-average it, for the model the input would go to.
+        _, mismatch, _ = min(regrid, key=lambda r: (r[0] == DEFAULT_MODEL) != r[2])
+        raise InputError(f"no --checkpoint given and no shipped model fits {source}{given}: {mismatch}")
     if not fits:
         raise InputError(
             f"no --checkpoint given and no shipped model fits {source}{given}: {'; '.join(tried)}. Train "

@@ -283,11 +283,14 @@ def test_forecast_without_checkpoint_takes_the_shipped_model_that_fits(
         "dydiff-earth train",
     )
     assert "radar-4km-v1 (precip in mm h-1 every 5 minutes on 3.99 km cells)" in message, message
-    # Rain on cells a quarter of the models' size: the line says what the input is, next to what they take.
+    # Observed rain on cells a quarter of the models' size: how to block-average it for the radar model.
     message = assert_user_error(
-        ["forecast", "--input", inputs["fine"], *QUICK, "-o", "f.nc"], "no shipped model fits"
+        ["forecast", "--input", inputs["fine"], *QUICK, "-o", "f.nc"],
+        "no shipped model fits",
+        "fine.zarr (precip in mm h-1 every 5 minutes on 1.15 km cells)",
+        "checkpoint radar-4km-v1 learnt grid cells of 3.99 km",
+        "--coarsen 3",
     )
-    assert "fine.zarr (precip in mm h-1 every 5 minutes on 1.15 km cells)" in message, message
 
 
 def test_forecast_gap_inside_the_context(inputs: dict[str, Path]) -> None:
