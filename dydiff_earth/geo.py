@@ -228,7 +228,7 @@ def cell_size_km(lon: np.ndarray, lat: np.ndarray) -> float:
     One number for a grid's resolution whatever its projection: a radar composite of 1 km cells in a
     Swiss or polar stereographic projection and one of 1 km on another plane give about the same, and a
     latitude/longitude grid's cells, narrower towards the poles, their area's side. Medians, so that a
-    seam (a grid crossing the antimeridian) or a few odd cells do not move it.
+    few odd cells (near a pole, along a seam) do not move it.
     """
     along_y = _great_circle_km(lon[:-1], lat[:-1], lon[1:], lat[1:])
     along_x = _great_circle_km(lon[:, :-1], lat[:, :-1], lon[:, 1:], lat[:, 1:])

@@ -141,10 +141,9 @@ def choose_model(
         fit = fields is not None
         if fields is not None:
             given = f" ({_describe(fields.variables, fields.time_step, grid_cell_km(fields))})"
+            # Metadata only: fails on nothing but a mismatch; the grid is checked apart, to say how to fix it.
             try:
-                check_compatible(
-                    model, fields, cells=False
-                )  # metadata only: fails for nothing but a mismatch
+                check_compatible(model, fields, cells=False)
             except InputError:
                 fit = False
             else:

@@ -136,7 +136,7 @@ def checkpoint_meta(
             "dims": [fields.y_dim, fields.x_dim],
             "shape": [int(ds.sizes[fields.y_dim]), int(ds.sizes[fields.x_dim])],
             "grid_mapping": fields.grid_mapping,
-            # the resolution it learnt: rain cells, motion per step and texture are in cells, not km
+            # the resolution it learnt: the size of rain cells and their texture are learnt in grid cells
             **({"cell_km": round(cell, 3)} if (cell := covariates.grid_cell_km(fields)) else {}),
         },
         "data": {
