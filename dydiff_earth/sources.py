@@ -123,6 +123,8 @@ def _format(path: Path | str) -> Literal["zarr", "netcdf"]:
     head = start[:8]
     hdf5 = any(start[o : o + 8] == _NETCDF_MAGIC[-1] for o in _HDF5_OFFSETS)
     if hdf5 or any(head.startswith(magic) for magic in _NETCDF_MAGIC):
+        if not head.startswith(b"CDF"):  # HDF5: NetCDF-4, or a radar network's own (ODIM, KNMI)
+            _refuse_native(path)
         return "netcdf"
     if not head:
         raise InputError(f"{str(path)!r} is empty (0 bytes); re-create or re-download it")
@@ -131,9 +133,21 @@ def _format(path: Path | str) -> Literal["zarr", "netcdf"]:
             f"{str(path)!r} is not a NetCDF file (no NetCDF or HDF5 signature at its start); "
             "check that it is the file you meant and that it downloaded completely"
         )
+    _refuse_native(path)
     raise InputError(
         f"unknown format of {str(path)!r}; give a zarr store (directory or .zarr) or a NetCDF file (.nc)"
     )
+
+
+def _refuse_native(path: Path) -> None:
+    """A native radar file (GIF, PGM, ODIM HDF5, ...) is read by ``prepare`` only: say so, and how."""
+    from dydiff_earth import native  # which imports this module
+
+    if fmt := native.detect(path):
+        raise InputError(
+            f"{str(path)!r} is a native radar file ({fmt}); convert it first: dydiff-earth prepare 'FILES' "
+            "--coarsen N --output STORE (N = 4 for radar-4km-v1 from a 1 km composite), then give STORE"
+        )
 
 
 def _open_raw(paths: list[Path | str], chunks: dict[str, int] | None) -> xr.Dataset:

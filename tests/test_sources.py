@@ -37,6 +37,20 @@ def test_unknown_format(tmp_path: Path) -> None:
         open_source(path)
 
 
+def test_a_native_radar_file_is_sent_to_prepare(tmp_path: Path) -> None:
+    import h5py
+    from PIL import Image
+
+    Image.new("P", (4, 4)).save(tmp_path / "scan.gif")  # a GIF, as MeteoSwiss publishes
+    with h5py.File(tmp_path / "scan.h5", "w") as f:  # HDF5 like a NetCDF-4 file, but ODIM's
+        f.attrs["Conventions"] = b"ODIM_H5/V2_2"
+    make_ds().to_netcdf(tmp_path / "a.nc", engine="netcdf4")  # HDF5 too, and opened
+    for name, fmt in (("scan.gif", "mch_gif"), ("scan.h5", "odim_hdf5")):
+        with pytest.raises(InputError, match=rf"native radar file \({fmt}\); .*dydiff-earth prepare"):
+            open_source(tmp_path / name)
+    assert "precip" in open_source(tmp_path / "a.nc")[0]
+
+
 def test_misspelled_variable_lists_available(tmp_path: Path) -> None:
     make_ds().to_netcdf(tmp_path / "a.nc")
     with pytest.raises(InputError, match=r"'precp' not found; did you mean 'precip'\? available: precip"):
