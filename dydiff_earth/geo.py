@@ -13,6 +13,7 @@ drawn without them, with one warning, when none are found.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import warnings
 from collections.abc import Sequence
@@ -41,6 +42,12 @@ _COASTLINES = (
     "shapefiles/natural_earth/physical/ne_110m_coastline.shp",
     "shapefiles/gshhs/c/GSHHS_c_L1.shp",
 )
+#: Coastline files on disk no more detailed than the one shipped (below), which is drawn instead.
+_COARSE_COASTLINES = {Path(name).name for name in _COASTLINES[-2:]}
+#: Natural Earth 1:50m land as TopoJSON (``dydiff_earth/mapdata/README.md``): the coastlines drawn where no
+#: file at least as detailed is on disk. Debian's python-cartopy-data holds GSHHS crude coastlines only,
+#: which draw Great Britain as a few dozen straight lines.
+SHIPPED_COASTLINE = Path(__file__).parent / "mapdata" / "land-50m.json"
 _BORDERS = tuple(
     f"shapefiles/natural_earth/cultural/ne_{s}_admin_0_boundary_lines_land.shp"
     for s in ("50m", "10m", "110m")
@@ -106,16 +113,41 @@ def _read_feature(path: Path, kind: str, box: tuple[float, ...] | None = None) -
     return cfeature.ShapelyFeature(geometries, ccrs.PlateCarree(), facecolor="none", **_FEATURE_STYLE[kind])
 
 
+@functools.lru_cache(maxsize=1)
+def _topojson_arcs(path: Path) -> tuple[np.ndarray, ...]:
+    """The arcs of a quantised TopoJSON topology, each ``(n, 2)`` longitude and latitude: positions are
+    delta-encoded integers, summed, then scaled and translated (TopoJSON specification, 2.1.2-2.1.3)."""
+    topo = json.loads(path.read_text())
+    scale, translate = (np.asarray(topo["transform"][key], float) for key in ("scale", "translate"))
+    return tuple(np.cumsum(np.asarray(arc, float), axis=0) * scale + translate for arc in topo["arcs"])
+
+
+@functools.lru_cache(maxsize=16)
+def _shipped_coastline(path: Path, box: tuple[float, ...] | None = None) -> cfeature.Feature:
+    """The shipped land's boundaries as coastlines: every arc (land merged, so each is a coast), those
+    that meet the lon/lat ``box`` when given."""
+    lines = [shapely.LineString(arc) for arc in _topojson_arcs(path) if len(arc) > 1]
+    if box is not None:
+        area = shapely.box(box[0], box[2], box[1], box[3])
+        lines = [line for line in lines if line.intersects(area)]
+    return cfeature.ShapelyFeature(lines, ccrs.PlateCarree(), facecolor="none", **_FEATURE_STYLE["coastline"])
+
+
 def _map_features(box: tuple[float, ...] | None = None) -> list[cfeature.Feature]:
-    """The coastline, border and lake features found on disk (those that meet the lon/lat ``box``, when
-    given); warns once when there are none."""
+    """The coastline, border and lake features found on disk, or shipped (those that meet the lon/lat
+    ``box``, when given); warns once when there are none."""
     global _warned_no_map_data
     configure_cartopy()
     found = {
         kind: first_existing(names)
         for kind, names in (("coastline", _COASTLINES), ("border", _BORDERS), ("lake", _LAKES))
     }
-    features = [_read_feature(path, kind, box) for kind, path in found.items() if path is not None]
+    features = []
+    coast = found["coastline"]
+    if (coast is None or coast.name in _COARSE_COASTLINES) and SHIPPED_COASTLINE.is_file():
+        features.append(_shipped_coastline(SHIPPED_COASTLINE, box))
+        found["coastline"] = None
+    features += [_read_feature(path, kind, box) for kind, path in found.items() if path is not None]
     if not features and not _warned_no_map_data:
         _warned_no_map_data = True
         msg = (
