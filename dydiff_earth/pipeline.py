@@ -129,7 +129,7 @@ def choose_model(
     trained on observations when one fits (``radar-4km-v1`` for 5-minute rain rates). When none fits,
     one line lists the shipped models with what each expects and how to train one.
     """
-    fits, tried, regrid, given = [], [], [], ""
+    fits, tried, regrid, opened = [], [], [], None
     for name in shipped_models():
         model = load_model(name, device)
         # A missing variable or other units or time step rule a model out; an unreadable input does not
@@ -140,7 +140,7 @@ def choose_model(
             fields = None
         fit = fields is not None
         if fields is not None:
-            given = f" ({_describe(fields.variables, fields.time_step, grid_cell_km(fields))})"
+            opened = fields
             # Metadata only: fails on nothing but a mismatch; the grid is checked apart, to say how to fix it.
             try:
                 check_compatible(model, fields, cells=False)
@@ -149,16 +149,20 @@ def choose_model(
             else:
                 if mismatch := cell_size_mismatch(model, fields):
                     fit = False
-                    regrid.append((name, mismatch, _synthetic(fields)))
+                    regrid.append((name, mismatch))
         if fit:
             fits.append((name, model, fields))
         else:
             tried.append(f"{name} ({_expects(model)})")
-    if not fits and regrid:
-        # All but the grid fits: say how to block-average it, for the model the input would go to.
-        _, mismatch, _ = min(regrid, key=lambda r: (r[0] == DEFAULT_MODEL) != r[2])
-        raise InputError(f"no --checkpoint given and no shipped model fits {source}{given}: {mismatch}")
     if not fits:
+        given = ""
+        if opened is not None:
+            given = f" ({_describe(opened.variables, opened.time_step, grid_cell_km(opened))})"
+        if regrid:
+            # All but the grid fits: say how to block-average it, for the model the input would go to.
+            synthetic = opened is not None and _synthetic(opened)
+            _, mismatch = min(regrid, key=lambda r: (r[0] == DEFAULT_MODEL) != synthetic)
+            raise InputError(f"no --checkpoint given and no shipped model fits {source}{given}: {mismatch}")
         raise InputError(
             f"no --checkpoint given and no shipped model fits {source}{given}: {'; '.join(tried)}. Train "
             "your own: dydiff-earth train --data STORE --output model.safetensors, then --checkpoint "
