@@ -6,9 +6,9 @@ and clipped once per grid. Drawing itself lives in :mod:`dydiff_earth.plotting`.
 
 Map data comes only from local files: cartopy's default Natural Earth download would hang or fail on
 machines without network, so features are read straight from shapefiles found on disk (Debian's
-``python-cartopy-data`` ships GSHHS coastlines and lakes under ``/usr/share/cartopy/data``), and
-coastlines from Natural Earth's 1:50m land shipped in the package where nothing as detailed is on disk.
-A map is drawn without them, with one warning, when none are found.
+``python-cartopy-data`` ships GSHHS coastlines and lakes under ``/usr/share/cartopy/data``); coastlines
+and country borders come from Natural Earth's 1:50m countries shipped in the package where nothing as
+detailed is on disk. A map is drawn without them, with one warning, when none are found.
 """
 
 from __future__ import annotations
@@ -45,10 +45,11 @@ _COASTLINES = (
 )
 #: Coastline files on disk no more detailed than the one shipped (below), which is drawn instead.
 _COARSE_COASTLINES = {Path(name).name for name in _COASTLINES[-2:]}
-#: Natural Earth 1:50m land as TopoJSON (``dydiff_earth/mapdata/README.md``): the coastlines drawn where no
-#: file at least as detailed is on disk. Debian's python-cartopy-data holds GSHHS crude coastlines only,
-#: which draw Great Britain's coast in 94 points (635 in the shipped land).
-SHIPPED_COASTLINE = Path(__file__).parent / "mapdata" / "land-50m.json"
+#: Natural Earth 1:50m countries and land as TopoJSON (``dydiff_earth/mapdata/README.md``): the coastlines
+#: drawn where no file at least as detailed is on disk, and the borders where none is. Debian's
+#: python-cartopy-data holds GSHHS crude coastlines and no borders; its coast of Great Britain has 94
+#: points (635 in the shipped land).
+SHIPPED_MAP = Path(__file__).parent / "mapdata" / "countries-50m.json"
 _BORDERS = tuple(
     f"shapefiles/natural_earth/cultural/ne_{s}_admin_0_boundary_lines_land.shp"
     for s in ("50m", "10m", "110m")
@@ -114,24 +115,48 @@ def _read_feature(path: Path, kind: str, box: tuple[float, ...] | None = None) -
     return cfeature.ShapelyFeature(geometries, ccrs.PlateCarree(), facecolor="none", **_FEATURE_STYLE[kind])
 
 
+def _arc_indices(arcs: list) -> list[int]:
+    """The arcs of a TopoJSON geometry's ``arcs`` member (nested rings), as indices into the topology's arcs
+    (a negative index ``~i`` is arc ``i`` reversed, TopoJSON specification 2.2.2)."""
+    if arcs and isinstance(arcs[0], int):
+        return [i if i >= 0 else ~i for i in arcs]
+    return [i for part in arcs for i in _arc_indices(part)]
+
+
 @functools.lru_cache(maxsize=1)
-def _topojson_arcs(path: Path) -> tuple[np.ndarray, ...]:
-    """The arcs of a quantised TopoJSON topology, each ``(n, 2)`` longitude and latitude: positions are
-    delta-encoded integers, summed, then scaled and translated (TopoJSON specification, 2.1.2-2.1.3)."""
+def _shipped_lines(path: Path) -> dict[str, tuple[np.ndarray, ...]]:
+    """Coastlines and land borders of a quantised TopoJSON topology of countries and land, each line
+    ``(n, 2)`` longitude and latitude.
+
+    Positions are delta-encoded integers, summed, then scaled and translated (TopoJSON specification,
+    2.1.2-2.1.3). The topology's arcs are shared: an arc of the merged land is a coast; an arc of two
+    countries and not of the land is a border between them (as ``topojson.mesh`` with ``a !== b``).
+    """
     topo = json.loads(path.read_text())
     scale, translate = (np.asarray(topo["transform"][key], float) for key in ("scale", "translate"))
-    return tuple(np.cumsum(np.asarray(arc, float), axis=0) * scale + translate for arc in topo["arcs"])
+    coast = {i for g in topo["objects"]["land"]["geometries"] for i in _arc_indices(g["arcs"])}
+    owners: dict[int, int] = {}
+    for g in topo["objects"]["countries"]["geometries"]:
+        for i in set(_arc_indices(g.get("arcs", []))):
+            owners[i] = owners.get(i, 0) + 1
+    borders = {i for i, n in owners.items() if n > 1} - coast
+
+    def decode(indices: set[int]) -> tuple[np.ndarray, ...]:
+        arcs = (np.asarray(topo["arcs"][i], float) for i in sorted(indices))
+        return tuple(np.cumsum(arc, axis=0) * scale + translate for arc in arcs if len(arc) > 1)
+
+    return {"coastline": decode(coast), "border": decode(borders)}
 
 
 @functools.lru_cache(maxsize=16)
-def _shipped_coastline(path: Path, box: tuple[float, ...] | None = None) -> cfeature.Feature:
-    """The shipped land's boundaries as coastlines: every arc (land merged, so each is a coast), those
-    that meet the lon/lat ``box`` when given."""
-    lines = [shapely.LineString(arc) for arc in _topojson_arcs(path) if len(arc) > 1]
+def _shipped_feature(path: Path, kind: str, box: tuple[float, ...] | None = None) -> cfeature.Feature:
+    """The shipped coastlines or borders (``kind``) as a feature, those that meet the lon/lat ``box`` when
+    given."""
+    lines = [shapely.LineString(arc) for arc in _shipped_lines(path)[kind]]
     if box is not None:
         area = shapely.box(box[0], box[2], box[1], box[3])
         lines = [line for line in lines if line.intersects(area)]
-    return cfeature.ShapelyFeature(lines, ccrs.PlateCarree(), facecolor="none", **_FEATURE_STYLE["coastline"])
+    return cfeature.ShapelyFeature(lines, ccrs.PlateCarree(), facecolor="none", **_FEATURE_STYLE[kind])
 
 
 def _map_features(box: tuple[float, ...] | None = None) -> list[cfeature.Feature]:
@@ -145,9 +170,12 @@ def _map_features(box: tuple[float, ...] | None = None) -> list[cfeature.Feature
     }
     features = []
     coast = found["coastline"]
-    if (coast is None or coast.name in _COARSE_COASTLINES) and SHIPPED_COASTLINE.is_file():
-        features.append(_shipped_coastline(SHIPPED_COASTLINE, box))
+    shipped = SHIPPED_MAP.is_file()
+    if (coast is None or coast.name in _COARSE_COASTLINES) and shipped:
+        features.append(_shipped_feature(SHIPPED_MAP, "coastline", box))
         found["coastline"] = None
+    if found["border"] is None and shipped:
+        features.append(_shipped_feature(SHIPPED_MAP, "border", box))
     features += [_read_feature(path, kind, box) for kind, path in found.items() if path is not None]
     if not features and not _warned_no_map_data:
         _warned_no_map_data = True

@@ -26,6 +26,6 @@ def no_map_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.setattr(geo, "LOCAL_DATA_DIRS", (empty,))
     monkeypatch.setitem(cartopy.config, "pre_existing_data_dir", empty)
     monkeypatch.setitem(cartopy.config, "data_dir", empty)
-    monkeypatch.setattr(geo, "SHIPPED_COASTLINE", empty / "land-50m.json")
+    monkeypatch.setattr(geo, "SHIPPED_MAP", empty / "countries-50m.json")
     monkeypatch.setattr(geo, "_warned_no_map_data", False)
     return empty
