@@ -288,6 +288,14 @@ def train(
             "with more blocks per level (radar-deep for radar): the checkpoint is grown, its forecast kept"
         ),
     ] = None,
+    objective: Annotated[
+        str,
+        typer.Option(
+            help="denoise (the DyDiff loss), or crps: tune the --init-from model on the fair CRPS of "
+            "members drawn by its own sampler"
+        ),
+    ] = "denoise",
+    crps_members: Annotated[int, typer.Option(help="members drawn per window with --objective crps")] = 2,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Train a Dynamical Diffusion model and write a checkpoint (torchrun for several GPUs)."""
@@ -326,6 +334,8 @@ def train(
         snapshot_every=snapshot_every,
         lr_schedule=lr_schedule,
         init_from=init_from,
+        objective=objective,
+        crps_members=crps_members,
     )
     # Every store is normalised like the first (or like the model fine-tuned), so one model sees one scale.
     base = training.base_model(cfg)

@@ -87,6 +87,11 @@ class TrainConfig:
     #: a checkpoint (path or shipped name) whose weights, normalisation and departure scale the run
     #: starts from (fine-tuning); None: random weights
     init_from: str | None = None
+    #: :data:`OBJECTIVES`: "denoise" (the DyDiff loss), or "crps": fine-tune ``init_from`` on the fair
+    #: CRPS of ``crps_members`` members per window drawn by its recommended sampler
+    #: (:mod:`dydiff_earth.crps_tuning`)
+    objective: str = "denoise"
+    crps_members: int = 2
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,8 @@ class ForecastConfig:
 DEFAULT_SAMPLER = {"sampling_steps": 10, "spacing": "time", "inflation": 1.0, "inflation_scale": 0.0}
 
 
+#: What a training run minimises (:attr:`TrainConfig.objective`).
+OBJECTIVES = ("denoise", "crps")
 #: Spacings of the solver's steps (:func:`dydiff_earth.forecast.sampling_timesteps`).
 SPACINGS = ("time", "logsnr")
 #: Reverse-process solvers a forecast may use (:mod:`dydiff_earth.sampling`).

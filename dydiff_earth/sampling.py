@@ -12,6 +12,7 @@ two mixings: unmix with ``D_t^-1``, take the solver's step, remix with ``D_{t_pr
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -26,6 +27,18 @@ from dydiff_earth.errors import InputError
 
 #: ``callback(i, t, x0_hat)`` after step ``i`` (0-based) at diffusion step ``t``.
 Callback = Callable[[int, int, Tensor], None]
+
+
+def _no_grad_unless_asked(solver: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """A solver runs without autograd unless called with ``grad=True``, which keeps the graph through every
+    network call (tuning the network on what the sampler draws: :mod:`dydiff_earth.crps_tuning`)."""
+
+    @functools.wraps(solver)
+    def run(*args: object, grad: bool = False, **kwargs: object) -> Tensor:
+        with torch.set_grad_enabled(grad):
+            return solver(*args, **kwargs)
+
+    return run
 
 
 def ddim_timesteps(
@@ -106,7 +119,7 @@ def _predict(
     return x0_hat, eps_hat
 
 
-@torch.no_grad()
+@_no_grad_unless_asked
 def sample_ddim(
     denoise: Denoiser,
     x_T: Tensor,
@@ -150,6 +163,8 @@ def sample_ddim(
         Bound ``|x0_hat| <= clip`` at every step (off by default).
     callback : callable, optional
         ``callback(i, t, x0_hat)`` after each step.
+    grad : bool
+        Keep autograd's graph through the whole solve (default off: sampling only).
 
     Returns
     -------
@@ -199,7 +214,7 @@ def logsnr_timesteps(schedule: Schedule, first: int, steps: int) -> list[int]:
     return sorted({int(t) for t in nearest}, reverse=True)
 
 
-@torch.no_grad()
+@_no_grad_unless_asked
 def sample_dpmpp_2m(
     denoise: Denoiser,
     x_T: Tensor,
@@ -227,7 +242,7 @@ def sample_dpmpp_2m(
     the last step the clean estimate is returned, as by :func:`sample_ddim`. Deterministic: all
     randomness is in ``x_T``.
 
-    Parameters and returns as :func:`sample_ddim` (without ``eta``).
+    Parameters (``grad`` too) and returns as :func:`sample_ddim` (without ``eta``).
     """
     steps = _check(x_T, timesteps, context, schedule)
     x = temporal_mix(x_T, float(schedule.theta_bar[steps[0]]))

@@ -15,12 +15,25 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from dydiff_earth import __version__, covariates, diurnal, io, motion
-from dydiff_earth.config import DiffusionConfig, ModelConfig, TrainConfig
+from dydiff_earth import __version__, covariates, crps_tuning, diurnal, io, motion
+from dydiff_earth.config import (
+    OBJECTIVES,
+    DiffusionConfig,
+    ForecastConfig,
+    ModelConfig,
+    TrainConfig,
+    check_choice,
+)
 from dydiff_earth.data import Fields, VariableSpec, window_starts
 from dydiff_earth.diffusion import Schedule, diffusion_loss, make_schedule
 from dydiff_earth.errors import InputError
-from dydiff_earth.forecast import LoadedModel, load_model
+from dydiff_earth.forecast import (
+    SOLVER_FUNCTIONS,
+    LoadedModel,
+    load_model,
+    sampling_timesteps,
+    with_recommended_sampler,
+)
 from dydiff_earth.model import ConditionedDenoiser, deepen
 from dydiff_earth.patches import (
     DepartureWindowStream,
@@ -33,6 +46,8 @@ from dydiff_earth.patches import (
 
 #: Called after every step with (step, total_steps, train_loss, samples_per_second).
 Progress = Callable[[int, int, float, float], None]
+#: ``loss(net, batch, generator, device)``: the objective of one batch.
+Loss = Callable[[torch.nn.Module, dict[str, torch.Tensor], torch.Generator, torch.device], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -399,19 +414,48 @@ def training_streams(
 
 @torch.no_grad()
 def validation_loss(
-    denoiser: torch.nn.Module,
-    stream: IndexedStream,
-    diff_cfg: DiffusionConfig,
-    cfg: TrainConfig,
-    device: torch.device,
+    denoiser: torch.nn.Module, stream: IndexedStream, loss: Loss, cfg: TrainConfig, device: torch.device
 ) -> float:
-    """Mean DyDiff loss on a fixed stream of held-out windows with fixed noise and steps."""
-    schedule = make_schedule(diff_cfg)
+    """Mean of the run's ``loss`` on a fixed stream of held-out windows with fixed noise (and steps)."""
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 104729)
-    losses = []
-    for batch in _batches(stream, cfg.batch_size, 0):
-        losses.append(float(_batch_loss(denoiser, batch, schedule, diff_cfg, cfg.context, gen, device)))
+    losses = [float(loss(denoiser, batch, gen, device)) for batch in _batches(stream, cfg.batch_size, 0)]
     return float(np.mean(losses))
+
+
+def objective(
+    cfg: TrainConfig, diff_cfg: DiffusionConfig, base: LoadedModel | None, scale: np.ndarray | None
+) -> Loss:
+    """The loss a run minimises: the DyDiff loss, or (``cfg.objective == "crps"``) the fair CRPS of members
+    drawn by the base checkpoint's recommended sampler (:mod:`dydiff_earth.crps_tuning`)."""
+    schedule = make_schedule(diff_cfg)
+    if cfg.objective == "denoise":
+        return lambda net, batch, gen, dev: _batch_loss(net, batch, schedule, diff_cfg, cfg.context, gen, dev)
+    assert base is not None  # check_objective
+    sampler = with_recommended_sampler(ForecastConfig(), base)
+    assert sampler.sampling_steps is not None
+    return crps_tuning.SampledCRPS(
+        solve=SOLVER_FUNCTIONS[sampler.solver],
+        timesteps=tuple(sampling_timesteps(schedule, sampler.sampling_steps, sampler.spacing)),
+        schedule=schedule,
+        context=cfg.context,
+        members=cfg.crps_members,
+        variables=base.variables,
+        scale=None if scale is None else torch.from_numpy(np.asarray(scale, np.float32)),
+        clip=sampler.clip,
+    )
+
+
+def check_objective(cfg: TrainConfig, frame: str, variables: Sequence[VariableSpec]) -> None:
+    """Refuse, in one line, an objective this run cannot minimise."""
+    check_choice(cfg.objective, OBJECTIVES, "--objective")
+    if cfg.objective == "denoise":
+        return
+    if cfg.init_from is None:
+        raise InputError("--objective crps tunes a trained model's sampled members: give --init-from")
+    if cfg.crps_members < 2:
+        raise InputError(f"--crps-members must be 2 or more (the fair CRPS pairs them): {cfg.crps_members}")
+    if frame == "diurnal" and any(v.transform != "none" for v in variables):
+        raise InputError("--objective crps in the diurnal frame needs variables without a transform")
 
 
 def fit(
@@ -448,6 +492,7 @@ def fit(
         )
     frame = resolve_frame(cfg.frame, stores[0])
     names = resolve_covariates(cfg.covariates, frame, stores[0])
+    check_objective(cfg, frame, stores[0].variables)
     change = None
     if base is not None and base.diurnal_change is not None:
         change = base.diurnal_change.astype(np.float32)
@@ -488,7 +533,6 @@ def fit(
     if world > 1:
         ids = [dev.index] if dev.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(denoiser, device_ids=ids)
-    schedule = make_schedule(diff_cfg)
     stream, scale = training_streams(
         stores,
         cfg,
@@ -522,6 +566,11 @@ def fit(
     meta["frame"] = frame
     if base is not None:
         meta["init_from"] = {"path": base.path, "sha256": base.sha256}
+    if cfg.objective == "crps" and base is not None and "sampler" in base.meta:
+        # Its forecasts take the sampler it was tuned through, and the base's inflation with it.
+        evidence = f"the sampler of {Path(base.path).stem}, which this network was tuned through"
+        meta["sampler"] = {**base.meta["sampler"], "evidence": evidence}
+    loss_of = objective(cfg, diff_cfg, base, scale)
     if names:
         meta["covariates"] = list(names)
     if scale is not None:
@@ -542,7 +591,7 @@ def fit(
     while step < cfg.steps:
         batch = next(batches)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
-            loss = _batch_loss(model, batch, schedule, diff_cfg, cfg.context, gen, dev)
+            loss = loss_of(model, batch, gen, dev)
         for group in opt.param_groups:
             group["lr"] = learning_rate(cfg, step)
         opt.zero_grad(set_to_none=True)
@@ -556,7 +605,7 @@ def fit(
         loss_value = float(loss.detach())
         rate = seen / max(time.perf_counter() - t0, 1e-9)
         if val_stream is not None and (step % cfg.validate_every == 0 or step == cfg.steps):
-            val_loss = validation_loss(denoiser, val_stream, diff_cfg, cfg, dev)
+            val_loss = validation_loss(denoiser, val_stream, loss_of, cfg, dev)
         if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
             _save(
                 output,

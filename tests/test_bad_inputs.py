@@ -193,6 +193,8 @@ def _cases() -> list[object]:
         "train-patch": ([*good["train"], "--patch", "999"], ["patch 999"]),
         "train-preset": ([*good["train"], "--preset", "huge"], ["'huge'"]),
         "train-time": ([*good["train"], "--time", "2030-01-01:2030-01-02"], ["0 frame(s)"]),
+        "train-objective": ([*good["train"], "--objective", "mse"], ["--objective"]),
+        "train-crps-base": ([*good["train"], "--objective", "crps"], ["--init-from"]),
         "prepare-coarsen": ([*good["prepare"], "--coarsen", "0"], ["--coarsen"]),
         "prepare-coarsen-big": ([*good["prepare"], "--coarsen", "99"], ["coarsen 99"]),
         "feed-frames": ([*good["feed"], "--frames", "0"], ["--frames"]),
