@@ -436,6 +436,8 @@ def _checkpoint_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
     losses = ", ".join(
         f"{k.split('_')[0]} {training[k]:.4g}" for k in ("train_loss", "validation_loss") if training.get(k)
     )
+    if losses and (training.get("options") or {}).get("objective") == "crps":
+        losses += ": fair CRPS of sampled members"  # in the variables' units, not the denoising loss
     rows = [
         ("checkpoint", info["path"]),
         (

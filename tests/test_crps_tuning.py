@@ -12,7 +12,7 @@ import torch
 import xarray as xr
 from scores.probability import crps_for_ensemble
 
-from dydiff_earth import io, testing
+from dydiff_earth import info, io, testing
 from dydiff_earth.config import DiffusionConfig, TrainConfig, preset
 from dydiff_earth.crps_tuning import SampledCRPS, fair_crps, physical
 from dydiff_earth.data import VariableSpec, open_fields
@@ -153,6 +153,8 @@ def test_a_crps_fine_tune_moves_the_weights_and_keeps_the_sampler(fields, tmp_pa
     sampler = load_model(tuned.checkpoint).meta["sampler"]
     assert (sampler["sampling_steps"], sampler["spacing"], sampler["inflation"]) == (2, "logsnr", 1.5)
     assert "base" in sampler["evidence"] and "tuned through" in sampler["evidence"]
+    rows = dict(info._checkpoint_rows(info.describe(tuned.checkpoint)))
+    assert rows["training steps"].endswith(": fair CRPS of sampled members)")
     for bad, message in (({"init_from": None}, "--init-from"), ({"crps_members": 1}, "2 or more")):
         with pytest.raises(InputError, match=message):
             fit(
