@@ -504,6 +504,10 @@ def fit(
     dev = resolve_device(device)
     io.check_writable(output)  # before any training is spent on it
     rank, world = _distributed()
+    if world > 1 and cfg.objective == "crps":
+        # DistributedDataParallel reduces gradients once per forward; the tune calls the network once a
+        # solver step. Untested under torchrun, so refused rather than run wrong.
+        raise InputError("--objective crps runs in one process, not under torchrun")
     if world > 1 and dev.type == "cuda" and dev.index is None:
         # torchrun starts one process per GPU of a node: each takes the GPU of its local rank.
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

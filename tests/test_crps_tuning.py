@@ -12,7 +12,7 @@ import torch
 import xarray as xr
 from scores.probability import crps_for_ensemble
 
-from dydiff_earth import info, io, testing
+from dydiff_earth import info, io, testing, train
 from dydiff_earth.config import DiffusionConfig, TrainConfig, preset
 from dydiff_earth.crps_tuning import SampledCRPS, fair_crps, physical
 from dydiff_earth.data import VariableSpec, open_fields
@@ -138,7 +138,9 @@ def fields(tmp_path_factory: pytest.TempPathFactory):
     return open_fields(path)
 
 
-def test_a_crps_fine_tune_moves_the_weights_and_keeps_the_sampler(fields, tmp_path: Path) -> None:
+def test_a_crps_fine_tune_moves_the_weights_and_keeps_the_sampler(
+    fields, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = TrainConfig(
         context=2, horizon=2, patch=16, batch_size=2, steps=2, validation_fraction=0.25, lr=1e-3
     )
@@ -164,4 +166,7 @@ def test_a_crps_fine_tune_moves_the_weights_and_keeps_the_sampler(fields, tmp_pa
                 TrainConfig(**{**tune.__dict__, **bad}),
                 tmp_path / "x",
             )
+    monkeypatch.setattr(train, "_distributed", lambda: (0, 2))  # as under torchrun with two processes
+    with pytest.raises(InputError, match="not under torchrun"):
+        fit(fields, preset("tiny"), DiffusionConfig(), tune, tmp_path / "x")
     assert not (tmp_path / "x").exists()
