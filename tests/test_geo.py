@@ -109,14 +109,14 @@ def test_shipped_coastline_is_natural_earth_50m(monkeypatch: pytest.MonkeyPatch)
 
 def test_shipped_borders_are_the_lines_countries_share() -> None:
     # Around Switzerland (no border file on Debian): the borders pass the tripoints of Basel (France,
-    # Germany) and of the Muenstertal (Italy, Austria), and the Swiss border is closed but for Lake Geneva,
-    # Lake Constance and Lake Lugano, which Natural Earth's countries split. No border runs along a coast:
-    # from the Gulf of Genoa's shore (Genoa) the nearest border is more than 50 km away, at Menton or in
-    # the Alps.
-    (feature,) = [f for f in geo._map_features((5.0, 11.0, 43.5, 48.5)) if f.kwargs.get("linestyle") == "--"]
+    # Germany) and of the Muenstertal (Italy, Austria). No border runs along a coast: from the Gulf of
+    # Genoa's shore (Genoa) the nearest border is more than 50 km away, at Menton or in the Alps.
+    box = (5.0, 11.0, 43.5, 48.5)
+    (feature,) = [f for f in geo._map_features(box) if f.kwargs.get("linestyle") == "--"]
     borders = shapely.MultiLineString(list(feature.geometries()))
     for lon, lat in ((7.589, 47.590), (10.47, 46.63)):
         assert borders.distance(shapely.Point(lon, lat)) < 0.05
     assert borders.distance(shapely.Point(8.93, 44.41)) > 0.5
-    coast = shapely.MultiLineString(list(geo._shipped_feature(geo.SHIPPED_MAP, "coastline").geometries()))
+    coastline = geo._shipped_feature(geo.SHIPPED_MAP, "coastline", box)
+    coast = shapely.MultiLineString(list(coastline.geometries()))
     assert borders.intersection(coast.buffer(1e-6)).length < 1e-3
