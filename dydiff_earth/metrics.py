@@ -1,7 +1,8 @@
 """Verification metrics for ensemble forecasts on xarray (no torch here): the module to import.
 
 Owns the scores of spatial structure (contingency-table scores of the ensemble mean and of the
-probability-matched mean after max-pooling, the fractions skill score, radially averaged power spectra),
+probability-matched mean after max-pooling or at each pool's scale, the fractions skill score, radially
+averaged power spectra),
 the default suite ``score_all`` and ``combine_systems``. The point-by-point scores (CRPS, spread-skill,
 rank histogram, RMSE, MAE, bias, Brier, reliability) and the conventions every metric shares (masking,
 reduction, ``n_points``; see that module's docstring) live in :mod:`dydiff_earth.pointwise_metrics` and
@@ -113,9 +114,10 @@ def _max_pool(events: xr.DataArray, pool: int, spatial: tuple[str, str]) -> xr.D
     return events.coarsen({d: pool for d in spatial}, boundary="trim").reduce(np.max)
 
 
-#: The deterministic summaries of an ensemble that :class:`Categorical` scores: the ensemble mean, and the
-#: probability-matched mean (:func:`dydiff_earth.probmatch.matched_mean`), whose variables are prefixed.
-SUMMARIES = {"mean": "", "matched_mean": "matched_"}
+#: The deterministic summaries of an ensemble that :class:`Categorical` scores, and their variables' prefixes:
+#: the ensemble mean; the probability-matched mean (:func:`dydiff_earth.probmatch.matched_mean`) of the
+#: members, then max-pooled; and the matched mean of the members max-pooled first (at each pool's scale).
+SUMMARIES = {"mean": "", "matched_mean": "matched_", "pooled_matched_mean": "pooled_matched_"}
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,15 @@ class Categorical:
     ``pool x pool`` windows (DGMR); a window holding a masked point is masked. Counts are summed over init
     times and space before the ratios are taken (``scores.categorical.BinaryContingencyManager``).
     Variables ``csi``, ``pod``, ``far``, ``frequency_bias``, ``ets`` (``matched_csi``, ... for the matched
-    mean), dims ``lead_time, threshold, pool``.
+    mean, ``pooled_matched_csi``, ... for it at each pool's scale), dims ``lead_time, threshold, pool``.
+
+    ``summary="pooled_matched_mean"`` matches at the scale scored: each member is max-pooled first (its
+    heaviest value in each window: the question a pooled score asks, of every member), then the matched
+    mean is taken of the pooled members. The pixel matched mean gathers its heaviest amounts into compact
+    cores where the smooth mean peaks, so after pooling it claims fewer windows than any member does
+    (its pooled frequency bias falls below the members'); matched at the pool's scale, the summary has
+    the members' own frequency of pooled events, placed where their windows agree. At pool 1 the two are
+    the same. For a one-member system (a deterministic baseline) all three summaries are the member.
     """
 
     thresholds: Sequence[float]
@@ -146,20 +156,30 @@ class Categorical:
         if self.summary not in SUMMARIES:
             raise ValueError(f"summary must be one of {sorted(SUMMARIES)}; got {self.summary!r}")
 
+    def _matched(self, fc: xr.DataArray, spatial: tuple[str, str]) -> xr.DataArray:
+        ordered = fc.transpose(self.ensemble_dim, ..., *spatial)
+        return ordered.isel({self.ensemble_dim: 0}, drop=True).copy(data=matched_mean(ordered.values))
+
     def compute(self, forecast: xr.DataArray, truth: xr.DataArray) -> xr.Dataset:
         fc, y, valid = align_and_mask(forecast, truth, self.ensemble_dim)
         spatial = _spatial_dims(y)
         thresholds = threshold_coord(self.thresholds)
-        if self.summary == "mean":
-            summary = fc.mean(self.ensemble_dim, skipna=False)
-        else:
-            ordered = fc.transpose(self.ensemble_dim, ..., *spatial)
-            summary = ordered.isel({self.ensemble_dim: 0}, drop=True).copy(data=matched_mean(ordered.values))
-        forecast_events = (summary >= thresholds).where(valid)
+        if self.summary != "pooled_matched_mean":
+            summary = (
+                fc.mean(self.ensemble_dim, skipna=False)
+                if self.summary == "mean"
+                else self._matched(fc, spatial)
+            )
+            forecast_events = (summary >= thresholds).where(valid)
         truth_events = (y >= thresholds).where(valid)
         per_pool = []
         for pool in self.pools:
-            f = _max_pool(forecast_events, pool, spatial)
+            if self.summary == "pooled_matched_mean":
+                # fc is NaN wherever not valid, so a window holding a masked point pools to NaN.
+                pooled = self._matched(_max_pool(fc, pool, spatial), spatial)
+                f = (pooled >= thresholds).where(pooled.notnull())
+            else:
+                f = _max_pool(forecast_events, pool, spatial)
             o = _max_pool(truth_events, pool, spatial)
             reduce = [d for d in f.dims if d not in (LEAD_TIME, THRESHOLD)]
             table = BinaryContingencyManager(f, o).transform(reduce_dims=reduce)
@@ -405,6 +425,7 @@ def default_metrics(
         metrics += [
             Categorical(thresholds, pools, ensemble_dim),
             Categorical(thresholds, pools, ensemble_dim, summary="matched_mean"),
+            Categorical(thresholds, pools, ensemble_dim, summary="pooled_matched_mean"),
             FSS(thresholds, fss_windows, ensemble_dim),
             Brier(thresholds, ensemble_dim),
             Reliability(thresholds, ensemble_dim=ensemble_dim),
@@ -449,7 +470,8 @@ def score_all(
         One variable per score (``crps_fair``, ``crps``, ``rmse``, ``mae``, ``bias``, ``spread``, ``ssr``,
         ``rank_histogram``, ``rank_count``, ``power_forecast``, ``power_truth``, ``n_points`` and with
         thresholds ``csi``, ``pod``, ``far``, ``frequency_bias``, ``ets`` (and ``matched_csi``, ... of
-        the probability-matched mean), ``fss``, ``brier``,
+        the probability-matched mean, ``pooled_matched_csi``, ... of it matched at each pool's scale),
+        ``fss``, ``brier``,
         ``reliability_*``, ``isolated_forecast``, ``isolated_truth``),
         named ``<var>_<score>`` when the forecast holds several variables. Dims
         ``lead_time`` plus ``threshold``, ``pool``, ``scale``, ``rank``, ``bin``, ``wavenumber`` where

@@ -130,11 +130,18 @@ def curves_figure(scores: xr.Dataset, prefix: str = "") -> Figure:
         (prefix + "crps_fair", {}, "fair CRPS", f"fair CRPS ({units})"),
         (prefix + "rmse", {}, "RMSE of the ensemble mean", f"RMSE ({units})"),
     ]
+    pools = scores["pool"].values if "pool" in scores.coords else []
     for var, label in (
         ("csi", "CSI of the mean"),
         ("matched_csi", "CSI of the probability-matched mean"),
+        ("pooled_matched_csi", "CSI, matched mean of the"),
         ("fss", "FSS"),
     ):
+        if var == "pooled_matched_csi":
+            # At the first pool (pixelwise) it is the matched mean: only a coarser pool says more.
+            if prefix + var not in scores or len(pools) < 2:
+                continue
+            label += f" {pools[1]}×{pools[1]} maxima"
         if prefix + var in scores:
             for t in scores[schema.THRESHOLD].values:
                 title = f"{label}, ≥ {t:g} {units}"
@@ -142,8 +149,9 @@ def curves_figure(scores: xr.Dataset, prefix: str = "") -> Figure:
     fig, axes = _grid(len(panels), 2, 5.4, 3.4)
     xlabel = _leads(scores)[1]
     for ax, (var, select, title, ylabel) in zip(axes, panels, strict=True):
-        if var.endswith("csi"):
-            pools = scores["pool"].values
+        if var.endswith("pooled_matched_csi"):
+            _curve(ax, scores, var, style, {**select, "pool": pools[1]})
+        elif var.endswith("csi"):
             _curve(ax, scores, var, style, {**select, "pool": pools[0]})
             if len(pools) > 1:
                 _curve(ax, scores, var, style, {**select, "pool": pools[1]}, alpha=0.5, linestyle=":")

@@ -324,6 +324,55 @@ def test_the_matched_mean_is_scored_like_the_mean_under_its_own_names() -> None:
         metrics.Categorical(thresholds=(1.0,), summary="median")
 
 
+def brute_force_pooled_matched(members: np.ndarray, pool: int) -> np.ndarray:
+    """Each member's window maxima, then Ebert's matched mean of them, one window at a time in loops."""
+    m, height, width = members.shape
+    h, w = height // pool, width // pool
+    maxima = np.full((m, h, w), np.nan)
+    for k in range(m):
+        for i in range(h):
+            for j in range(w):
+                window = members[k, i * pool : (i + 1) * pool, j * pool : (j + 1) * pool]
+                maxima[k, i, j] = np.nan if np.isnan(window).any() else window.max()
+    out = np.full((h, w), np.nan)
+    cells = [(i, j) for i in range(h) for j in range(w) if np.isfinite(maxima[:, i, j]).all()]
+    pooled = sorted(v for i, j in cells for v in maxima[:, i, j])
+    by_mean = sorted(cells, key=lambda c: maxima[:, c[0], c[1]].mean())
+    for rank, (i, j) in enumerate(by_mean):
+        out[i, j] = pooled[rank * m + m // 2]
+    return out
+
+
+def test_the_pooled_matched_mean_matches_the_members_window_maxima_at_each_pools_scale() -> None:
+    forecast, truth = make_pair(shape=(2, 2, 8, 10), members=3, rain=True, seed=7)
+    truth[0, 1, 2, 5] = np.nan  # masks one window of every pool
+    pools, thresholds = (1, 2, 4), (1.0, 4.0)
+    got = metrics.Categorical(thresholds, pools, summary="pooled_matched_mean").compute(forecast, truth)
+    valid = np.isfinite(truth.values)
+    members = np.where(valid, forecast.values, np.nan)
+    for p in pools:
+        for t in thresholds:
+            for lead in range(2):
+                table = np.zeros(4)
+                for init in range(2):
+                    summary = brute_force_pooled_matched(members[:, init, lead], p)
+                    observed = brute_force_pooled_matched(truth.values[None, init, lead], p)
+                    seen = np.isfinite(summary)
+                    f, o = summary[seen] >= t, observed[seen] >= t
+                    table += [(f & o).sum(), (~f & o).sum(), (f & ~o).sum(), (~f & ~o).sum()]
+                h, mi, fa, _ = table
+                score = got.sel(pool=p, threshold=t).isel({LEAD_TIME: lead})
+                assert float(score["pooled_matched_csi"]) == pytest.approx(h / (h + mi + fa))
+                assert float(score["pooled_matched_frequency_bias"]) == pytest.approx((h + fa) / (h + mi))
+    # At pool 1 it is the matched mean; for one member, every summary is the member.
+    matched = metrics.Categorical(thresholds, pools, summary="matched_mean").compute(forecast, truth)
+    np.testing.assert_array_equal(got["pooled_matched_csi"].sel(pool=1), matched["matched_csi"].sel(pool=1))
+    one = forecast.isel({MEMBER: slice(0, 1)})
+    plain = metrics.Categorical(thresholds, pools).compute(one, truth)
+    again = metrics.Categorical(thresholds, pools, summary="pooled_matched_mean").compute(one, truth)
+    np.testing.assert_array_equal(again["pooled_matched_csi"].values, plain["csi"].values)
+
+
 # ---- FSS --------------------------------------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from dydiff_earth import schema
 from dydiff_earth.metrics import combine_systems, score_all
-from dydiff_earth.report import example_figure, table_rows, write_report
+from dydiff_earth.report import curves_figure, example_figure, table_rows, write_report
 from dydiff_earth.verify import headline
 
 INIT = np.datetime64("2017-01-31T12:00", "ns")
@@ -146,6 +146,23 @@ def test_report_renders_in_a_real_browser(report, tmp_path):
     assert 'data-images="9"' in dom, result.stderr[-2000:]
     assert 'data-broken="0"' in dom
     assert 'data-rows="3"' in dom
+
+
+def test_curves_show_the_pooled_matched_mean_only_where_a_coarser_pool_is_scored() -> None:
+    rng = np.random.default_rng(2)
+    truth_values = _rain(rng, (3, 24, 24))
+    truth = _forecast(truth_values[None]).isel({schema.MEMBER: 0}, drop=True)
+    forecast = _forecast(truth_values[None] * rng.uniform(0.5, 1.5, (4, 3, 24, 24)).astype(np.float32))
+
+    def titles(pools: tuple[int, ...]) -> list[str]:
+        scores = combine_systems({"model": score_all(forecast, truth, thresholds=(1.0, 4.0), pools=pools)})
+        return [ax.get_title() for ax in curves_figure(scores).axes if "maxima" in ax.get_title()]
+
+    assert titles((1, 4)) == [
+        "CSI, matched mean of the 4×4 maxima, ≥ 1 mm h-1",
+        "CSI, matched mean of the 4×4 maxima, ≥ 4 mm h-1",
+    ]
+    assert titles((1,)) == []  # pixelwise it is the matched mean, already drawn
 
 
 def test_example_figure_shows_the_matched_mean_where_the_forecast_has_one() -> None:
