@@ -50,6 +50,12 @@ POWER_RANGE = (0.2, 3.0)
 #: persistence 1.1, extrapolation 0.7.
 ISOLATED_RATIO = 3.0
 
+#: CSI >= 4 mm h-1 in 4 x 4 windows of the matched mean at that scale (`pooled_matched_csi`) over
+#: extrapolation's, averaged over lead times, must reach this: the protocol's heavy-rain target. Here 1.058
+#: (0.439 against 0.415; the pixel matched mean pooled afterwards 0.398, 0.96 x); full protocol 1.05
+#: (0.416 against 0.395), the weights before the CRPS tune 1.015 there.
+HEAVY_RAIN_RATIO = 1.0
+
 
 @pytest.fixture(scope="module")
 def validation_event(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -81,3 +87,6 @@ def test_shipped_radar_model_beats_extrapolation(validation_event: Path, tmp_pat
     assert POWER_RANGE[0] < float(ratio.min()) and float(ratio.max()) < POWER_RANGE[1], ratio.values
     lone = (scores["isolated_forecast"] / scores["isolated_truth"]).sel(threshold=1.0)
     assert float(lone.max()) < ISOLATED_RATIO, lone.values
+    heavy = result.scores["pooled_matched_csi"].sel(threshold=4.0, pool=4).mean(schema.LEAD_TIME)
+    ratio = float(heavy.sel({schema.SYSTEM: MODEL}) / heavy.sel({schema.SYSTEM: "extrapolation"}))
+    assert ratio >= HEAVY_RAIN_RATIO, heavy.values
