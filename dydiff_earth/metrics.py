@@ -2,11 +2,10 @@
 
 Owns the scores of spatial structure (contingency-table scores of the ensemble mean and of the
 probability-matched mean after max-pooling or at each pool's scale, the fractions skill score, radially
-averaged power spectra),
-the default suite ``score_all`` and ``combine_systems``. The point-by-point scores (CRPS, spread-skill,
-rank histogram, RMSE, MAE, bias, Brier, reliability) and the conventions every metric shares (masking,
-reduction, ``n_points``; see that module's docstring) live in :mod:`dydiff_earth.pointwise_metrics` and
-are re-exported here.
+averaged power spectra), the default suite ``score_all`` and ``combine_systems``. The point-by-point
+scores (CRPS, spread-skill, rank histogram, RMSE, MAE, bias, Brier, reliability) and the conventions every
+metric shares (masking, reduction, ``n_points``; see that module's docstring) live in
+:mod:`dydiff_earth.pointwise_metrics` and are re-exported here.
 
 Each metric is a small frozen dataclass with ``compute(forecast, truth) -> xr.Dataset``, the shape of
 google-research/weatherbench2 ``metrics.py``.
@@ -164,22 +163,20 @@ class Categorical:
         fc, y, valid = align_and_mask(forecast, truth, self.ensemble_dim)
         spatial = _spatial_dims(y)
         thresholds = threshold_coord(self.thresholds)
-        if self.summary != "pooled_matched_mean":
-            summary = (
-                fc.mean(self.ensemble_dim, skipna=False)
-                if self.summary == "mean"
-                else self._matched(fc, spatial)
-            )
-            forecast_events = (summary >= thresholds).where(valid)
+        pixel_events = None  # the summary's events before pooling; matched at each pool's scale: none
+        if self.summary == "mean":
+            pixel_events = (fc.mean(self.ensemble_dim, skipna=False) >= thresholds).where(valid)
+        elif self.summary == "matched_mean":
+            pixel_events = (self._matched(fc, spatial) >= thresholds).where(valid)
         truth_events = (y >= thresholds).where(valid)
         per_pool = []
         for pool in self.pools:
-            if self.summary == "pooled_matched_mean":
+            if pixel_events is None:
                 # fc is NaN wherever not valid, so a window holding a masked point pools to NaN.
                 pooled = self._matched(_max_pool(fc, pool, spatial), spatial)
                 f = (pooled >= thresholds).where(pooled.notnull())
             else:
-                f = _max_pool(forecast_events, pool, spatial)
+                f = _max_pool(pixel_events, pool, spatial)
             o = _max_pool(truth_events, pool, spatial)
             reduce = [d for d in f.dims if d not in (LEAD_TIME, THRESHOLD)]
             table = BinaryContingencyManager(f, o).transform(reduce_dims=reduce)

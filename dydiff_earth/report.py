@@ -134,14 +134,14 @@ def curves_figure(scores: xr.Dataset, prefix: str = "") -> Figure:
     for var, label in (
         ("csi", "CSI of the mean"),
         ("matched_csi", "CSI of the probability-matched mean"),
-        ("pooled_matched_csi", "CSI, matched mean of the"),
+        ("pooled_matched_csi", ""),
         ("fss", "FSS"),
     ):
         if var == "pooled_matched_csi":
             # At the first pool (pixelwise) it is the matched mean: only a coarser pool says more.
-            if prefix + var not in scores or len(pools) < 2:
+            if len(pools) < 2:
                 continue
-            label += f" {pools[1]}×{pools[1]} maxima"
+            label = f"CSI, matched mean of the {pools[1]}×{pools[1]} maxima"
         if prefix + var in scores:
             for t in scores[schema.THRESHOLD].values:
                 title = f"{label}, ≥ {t:g} {units}"
