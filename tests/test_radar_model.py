@@ -88,5 +88,5 @@ def test_shipped_radar_model_beats_extrapolation(validation_event: Path, tmp_pat
     lone = (scores["isolated_forecast"] / scores["isolated_truth"]).sel(threshold=1.0)
     assert float(lone.max()) < ISOLATED_RATIO, lone.values
     heavy = result.scores["pooled_matched_csi"].sel(threshold=4.0, pool=4).mean(schema.LEAD_TIME)
-    ratio = float(heavy.sel({schema.SYSTEM: MODEL}) / heavy.sel({schema.SYSTEM: "extrapolation"}))
-    assert ratio >= HEAVY_RAIN_RATIO, heavy.values
+    heavy_ratio = float(heavy.sel({schema.SYSTEM: MODEL}) / heavy.sel({schema.SYSTEM: "extrapolation"}))
+    assert heavy_ratio >= HEAVY_RAIN_RATIO, heavy.values
